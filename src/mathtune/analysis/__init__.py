@@ -1,0 +1,1 @@
+"""Analysis of run artifacts: statistics, learning curves, error categories, cost."""

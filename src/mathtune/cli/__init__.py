@@ -1,0 +1,55 @@
+"""The `mathtune` command line. Thin: each command parses flags and calls a library function.
+
+Bad input (a `UserError`) is printed as one line and exits with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mathtune.errors import UserError
+
+app = typer.Typer(
+    name="mathtune",
+    help="LoRA fine-tuning on math word problems, with generation-based evaluation and an analysis report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each command lives in its own module; importing it registers it on `app`.
+    from mathtune.cli import env_cmd, eval_cmd, report_cmd, run_cmd, train_cmd  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Hub loading code stays real for users with the Hub; its progress bars and telemetry are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        print(f"mathtune: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("mathtune: interrupted; finished work is on disk, rerun to resume", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""`mathtune eval` (stub: filled in by its owner)."""

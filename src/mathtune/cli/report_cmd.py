@@ -1,0 +1,1 @@
+"""`mathtune report` (stub: filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""`mathtune run` (stub: filled in by its owner)."""

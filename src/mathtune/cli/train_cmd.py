@@ -1,0 +1,1 @@
+"""`mathtune train` (stub: filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""The analysis report: Markdown and self-contained HTML from run artifacts."""

@@ -1,0 +1,1 @@
+"""Evaluation tasks beyond GSM8K: multiple choice (ARC, MMLU, HellaSwag), GSM-Symbolic, multi-turn."""
