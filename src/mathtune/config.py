@@ -88,7 +88,7 @@ class EvalConfig(_Section):
     data: str | None = Field(None, description="GSM8K data for evaluation; null: data.path.")
     split: str = "test"
     limit: int | None = Field(None, ge=1, description="First N items of the split.")
-    prompt: Literal["chat", "cot-8shot", "zero-shot-cot"] = "chat"
+    prompt: Literal["chat", "cot-8shot", "cot-8shot-multiturn", "zero-shot-cot"] = "chat"
     samples: int = Field(1, ge=1, description="Generations per item; >1 means self-consistency.")
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
