@@ -21,6 +21,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """LoRA fine-tuning on math word problems, with generation-based evaluation and an analysis report."""
+
+
 def _register() -> None:
     # Each command lives in its own module; importing it registers it on `app`.
     from mathtune.cli import env_cmd, eval_cmd, report_cmd, run_cmd, train_cmd  # noqa: F401
@@ -43,13 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except typer.TyperException as e:
+        # Usage errors (unknown flag, bad value): click's own message, exit code 2.
+        show = getattr(e, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(e, "exit_code", 2))
