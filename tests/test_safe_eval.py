@@ -165,3 +165,14 @@ def test_gold_gsm8k_arithmetic_is_judged_correct() -> None:
     assert sum(e.correct for e in judged) / len(judged) >= 0.99
     with_eq = sum(1 for p in problems if find_equations(p.solution))
     assert with_eq / len(problems) > 0.8
+
+
+def test_equations_on_consecutive_lines_are_all_found():
+    # A digit ending one line, or a bullet starting the next, must not hide an equation.
+    eqs = find_equations("5 * 2 = 10\n3 * 4 = 12\n10 + 12 = 24\n- 2 * 2 = 4")
+    assert [(e.text, e.correct) for e in eqs] == [
+        ("5 * 2 = 10", True),
+        ("3 * 4 = 12", True),
+        ("10 + 12 = 24", False),
+        ("2 * 2 = 4", True),
+    ]

@@ -222,11 +222,13 @@ _OPS = "-+*/\u00d7\u00f7\u2212^("
 _NUM_PUNCT = re.compile(r"[0-9][,.:]$")  # '14, 400 / 80', '6:00+48'
 
 _LONE_X = re.compile(r"(?:^|[^A-Za-z])[xX]$")
+_BULLET = re.compile(r"(?m)^[ \t]*[-*\u2022][ \t]+(?=[$\d(])")
 _AFTER_BAD = re.compile(r"^(?:[A-Za-z0-9(]|\s*[-+*/\u00d7\u00f7\u2212^(]|\s+[0-9]+/[0-9])")
 
 
 def _starts_free(clean: str, start: int, lhs: str) -> bool:
-    before = clean[max(0, start - 20) : start].rstrip()
+    # Only the current line counts: a digit ending the previous line does not glue to this one.
+    before = clean[max(0, start - 20) : start].rsplit("\n", 1)[-1].rstrip()
     if not before:
         return True
     # A word just before is fine ('She spent 3 + 4 = 7'); an operator, a digit, a broken
@@ -241,7 +243,7 @@ def _starts_free(clean: str, start: int, lhs: str) -> bool:
 
 
 def _ends_free(clean: str, end: int) -> bool:
-    return not _AFTER_BAD.search(clean[end : end + 20])
+    return not _AFTER_BAD.search(clean[end : end + 20].split("\n", 1)[0])
 
 
 def find_equations(text: str) -> list[Equation]:
@@ -253,6 +255,8 @@ def find_equations(text: str) -> list[Equation]:
     are removed.
     """
     clean = _ANNOTATION.sub("", text or "")
+    # A list bullet ('- 2 * 2 = 4') is not a minus sign; blank it out, keeping offsets.
+    clean = _BULLET.sub(lambda m: " " * len(m.group(0)), clean)
     out: list[Equation] = []
     for run in _E_RUN.finditer(clean):
         # The equation regex backtracks quadratically in its input; runs of arithmetic characters
