@@ -1,0 +1,245 @@
+"""Generation backends: the HF decode loop against transformers' generate, stops, seeds, vLLM guard."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from mathtune.errors import UserError
+from mathtune.generate.base import derive_seed, make_backend, sample_seed, truncate_at_stop
+
+QUESTIONS = [
+    "Tom has 3 apples.",
+    "What is 2+2? Explain in detail, step by step, please, and give the final answer.",
+    "Sue reads 12 pages a day. How many pages in a week?",
+    "x",
+    "A train leaves at 3 pm and travels 60 miles per hour for two and a half hours. How far?",
+]
+
+
+@pytest.fixture
+def one_thread():
+    # The test machine's cores are shared; 1 thread avoids OpenMP spin-waits on tiny matmuls.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def chaotic(tiny_model_dir):
+    """The tiny Llama with large random weights: greedy output varies from token to token (the
+    fixture's small init makes it repeat one token), so a wrong position or cache shows up."""
+    import torch
+
+    from mathtune.models import load_model
+
+    model, tok, _ = load_model(str(tiny_model_dir))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model, tok
+
+
+def _prompts(tok):
+    from mathtune.prompts import build_prompt
+
+    return [build_prompt("chat", q, tok) for q in QUESTIONS]
+
+
+@pytest.mark.parametrize(
+    "text,stop,expected",
+    [
+        ("abc Q: next", ["Q:"], ("abc ", True)),
+        ("abc", ["Q:"], ("abc", False)),
+        ("a\n\n\nb Q:", ["Q:", "\n\n\n"], ("a", True)),  # earliest stop wins, not the first listed
+        ("", ["Q:"], ("", False)),
+        ("abc", ["", "c"], ("ab", True)),  # an empty stop string is ignored
+    ],
+)
+def test_truncate_at_stop(text, stop, expected):
+    assert truncate_at_stop(text, stop) == expected
+
+
+def test_seeds_are_stable_and_distinct():
+    assert derive_seed(42, "test-0") == derive_seed(42, "test-0")
+    assert len({derive_seed(42, f"test-{i}") for i in range(100)} | {derive_seed(43, "test-0")}) == 101
+    s = derive_seed(42, "test-0")
+    assert len({sample_seed(s, j) for j in range(8)}) == 8
+
+
+def test_greedy_matches_transformers_generate(chaotic, one_thread):
+    """Refill, row dropping and cache trimming must not change greedy output. Rows are made to end
+    at different steps (two tokens act as EOS), so batch 2 over 5 prompts of different lengths
+    drops finished rows, merges new prompts into the running cache and trims it."""
+    import torch
+
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    prompts = _prompts(tok)
+
+    def reference(p, eos):
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos
+            )
+        return out[0, enc["input_ids"].shape[1] :].tolist()
+
+    plain = [reference(p, tok.eos_token_id) for p in prompts]
+    eos = [plain[0][2], plain[2][5]]
+    be = HFBackend(model, tok, batch_size=2)
+    be.eos_ids = set(eos)
+    got = be.generate(prompts, max_new_tokens=10)
+    lengths = set()
+    for p, gens in zip(prompts, got, strict=True):
+        ref = reference(p, eos)
+        ended = ref[-1] in eos
+        assert gens[0].text == tok.decode(ref[:-1] if ended else ref, skip_special_tokens=False)
+        assert gens[0].tokens == len(ref)
+        assert gens[0].finish_reason == ("stop" if ended else "length")
+        lengths.add(len(ref))
+    assert len(lengths) >= 2  # rows really ended at different steps
+
+
+def test_batch_size_does_not_change_greedy_output(chaotic, one_thread):
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    prompts = _prompts(tok)
+    a = HFBackend(model, tok, batch_size=1).generate(prompts, max_new_tokens=8)
+    b = HFBackend(model, tok, batch_size=4).generate(prompts, max_new_tokens=8)
+    assert [g[0].text for g in a] == [g[0].text for g in b]
+
+
+def test_stop_string_truncates_and_ends_generation(chaotic, one_thread):
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    be = HFBackend(model, tok, batch_size=2)
+    prompts = _prompts(tok)[:2]
+    full = be.generate(prompts, max_new_tokens=12)
+    text = full[0][0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]  # a piece from the middle of the output
+    cut = be.generate(prompts, max_new_tokens=12, stop=[stop])
+    assert cut[0][0].text == text[: text.find(stop)]
+    assert cut[0][0].finish_reason == "stop"
+    assert cut[0][0].tokens < 12
+    # The other prompt is unaffected unless the stop occurs in its output too.
+    other = full[1][0].text
+    if stop not in other:
+        assert cut[1][0].text == other
+
+
+def test_eos_ends_generation_and_is_not_in_the_text(chaotic, one_thread):
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    be = HFBackend(model, tok, batch_size=2)
+    prompts = _prompts(tok)[:1]
+    first = tok(be.generate(prompts, max_new_tokens=3)[0][0].text, add_special_tokens=False)["input_ids"]
+    be.eos_ids = {first[1]}  # make the second greedy token the EOS
+    g = be.generate(prompts, max_new_tokens=12)[0][0]
+    assert g.finish_reason == "stop" and g.tokens == 2
+    assert g.text == tok.decode(first[:1])
+
+
+def test_sampling_is_seeded_per_item_not_per_batch(chaotic, one_thread):
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    prompts = _prompts(tok)
+    seeds = [derive_seed(7, f"test-{i}") for i in range(len(prompts))]
+    kw = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=8)
+    a = HFBackend(model, tok, batch_size=3).generate(prompts, seeds=seeds, **kw)
+    # A resumed run sees a subset of items, in other batches.
+    b = HFBackend(model, tok, batch_size=1).generate(prompts[2:], seeds=seeds[2:], **kw)
+    assert [[g.text for g in r] for r in a[2:]] == [[g.text for g in r] for r in b]
+    assert a[0][0].text != a[0][1].text  # the samples of one item differ
+    c = HFBackend(model, tok, batch_size=3).generate(prompts, seeds=[s + 1 for s in seeds], **kw)
+    assert [g.text for r in a for g in r] != [g.text for r in c for g in r]
+
+
+def test_on_done_reports_each_prompt_once_with_all_samples(chaotic, one_thread):
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    seen = []
+    res = HFBackend(model, tok, batch_size=2).generate(
+        _prompts(tok), n=2, temperature=0.8, max_new_tokens=4, seeds=[1, 2, 3, 4, 5],
+        on_done=lambda i, gens: seen.append((i, len(gens))),
+    )  # fmt: skip
+    assert sorted(seen) == [(i, 2) for i in range(5)]
+    assert all(g.seconds > 0 for r in res for g in r)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_backend_without_vllm_is_a_clear_user_error():
+    with pytest.raises(UserError, match="vllm is not installed"):
+        make_backend("vllm", model_path="x")
+
+
+def test_unknown_backend():
+    with pytest.raises(UserError, match="unknown"):
+        make_backend("tgi")
+
+
+def test_merged_cache_gives_the_logits_of_separate_decoding(tiny_model_dir, one_thread):
+    """Refill merges new prefills (left-padded to a common width) into the running cache and
+    compaction drops finished rows; two decode steps after each must give the logits of every row
+    decoded on its own. The small-init tiny model is used here: its attention is near uniform, so
+    attending to one padding column visibly changes the logits."""
+    import torch
+
+    from mathtune.generate.hf import _KV, HFBackend, _Row
+    from mathtune.models import load_model
+
+    model, tok, _ = load_model(str(tiny_model_dir))
+    be = HFBackend(model, tok, batch_size=4)
+    rows = [_Row(i, 0, tok(p, add_special_tokens=False)["input_ids"], 0) for i, p in enumerate(_prompts(tok)[:3])]
+    assert len(rows[1].ids) > len(rows[2].ids) > len(rows[0].ids)
+    toks = torch.tensor([[11, 21], [12, 22], [13, 23]])
+    none = torch.tensor([], dtype=torch.long)
+
+    def fresh(rs):
+        new = be._prefill(rs)
+        return _KV.rebuild(None, none, new, reserve=3), new[2]
+
+    def two_steps(kv, pos, order):
+        out = []
+        for s in range(2):
+            kv.valid[:, kv.n] = True
+            o = model(input_ids=toks[order, s][:, None], attention_mask=kv.additive_mask(),
+                      position_ids=(pos + s)[:, None], use_cache=True,
+                      **{be._cache_kw: kv.as_cache(model.config)})  # fmt: skip
+            kv.n += 1
+            out.append(o.logits[:, -1].float())
+        return torch.stack(out, 1)  # [rows, steps, vocab]
+
+    with torch.inference_mode():
+        alone = [two_steps(*fresh([r]), [i])[0] for i, r in enumerate(rows)]
+        cases = []
+        # the longest prompt runs first, two shorter ones are merged in
+        kv, pos = fresh(rows[1:2])
+        new = be._prefill([rows[0], rows[2]])
+        kv = _KV.rebuild(kv, torch.tensor([0]), new, reserve=3)
+        cases.append((two_steps(kv, torch.cat([pos, new[2]]), [1, 0, 2]), [1, 0, 2]))
+        # the other way round: the running cache is the narrower one
+        kv, pos = fresh(rows[0:1])
+        new = be._prefill(rows[1:2])
+        kv = _KV.rebuild(kv, torch.tensor([0]), new, reserve=3)
+        cases.append((two_steps(kv, torch.cat([pos, new[2]]), [0, 1]), [0, 1]))
+        # compaction: the long row finished; the padding-only columns go with it
+        kv, pos = fresh([rows[0], rows[1]])
+        kv = _KV.rebuild(kv, torch.tensor([0]), None, reserve=3)
+        assert kv.n == len(rows[0].ids) and bool(kv.valid[:, : kv.n].all())
+        cases.append((two_steps(kv, pos[:1], [0]), [0]))
+    for got, order in cases:
+        for g, i in zip(got, order, strict=True):
+            assert torch.allclose(g, alone[i], atol=1e-4, rtol=1e-4)
