@@ -75,3 +75,22 @@ def test_resolved_config_roundtrip(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     load_config(REPO / "configs" / name)
+
+
+def test_task_limit_per_task():
+    cfg = load_config(overrides={"eval": {"tasks": ["gsm8k", "arc_easy", "mmlu"],
+                                          "task_limit": {"arc_easy": 100, "mmlu": 1}}})
+    assert cfg.eval.limit_for("arc_easy") == 100
+    assert cfg.eval.limit_for("mmlu") == 1
+    assert cfg.eval.limit_for("hellaswag") is None
+    assert load_config(overrides=["eval.task_limit=7"]).eval.limit_for("mmlu") == 7
+    with pytest.raises(UserError, match="task_limit"):
+        load_config(overrides={"eval": {"task_limit": {"mmlu": 0}}})
+
+
+def test_task_limit_for_a_task_not_run_is_an_error():
+    from mathtune.pipeline import other_tasks
+
+    cfg = load_config(overrides={"eval": {"tasks": ["arc_easy"], "task_limit": {"mmlu": 1}}})
+    with pytest.raises(UserError, match="'mmlu' is not in eval.tasks"):
+        other_tasks(cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mathtune.errors import UserError
 from mathtune.io import atomic_write_text
@@ -104,7 +104,23 @@ class EvalConfig(_Section):
     sc_temperature: float = Field(0.7, gt=0.0)
     sc_limit: int | None = Field(None, ge=1, description="Items for the self-consistency run (null: limit).")
     tasks: list[str] = Field(default_factory=lambda: ["gsm8k"], description="Tasks `mathtune run` evaluates.")
-    task_limit: int | None = Field(None, ge=1, description="Items per non-GSM8K task in `mathtune run`.")
+    task_limit: int | dict[str, int] | None = Field(
+        None,
+        description="Items per non-GSM8K task in `mathtune run`: one number for all, or a mapping "
+        "task -> N (for mmlu, N is per subject; for gsm_symbolic, templates).",
+    )
+
+    def limit_for(self, task: str) -> int | None:
+        if isinstance(self.task_limit, dict):
+            return self.task_limit.get(task)
+        return self.task_limit
+
+    @model_validator(mode="after")
+    def _task_limits_positive(self) -> EvalConfig:
+        limits = self.task_limit.values() if isinstance(self.task_limit, dict) else [self.task_limit]
+        if any(v is not None and v < 1 for v in limits):
+            raise ValueError("eval.task_limit values must be >= 1")
+        return self
 
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> EvalConfig:
@@ -128,6 +144,15 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_under_runs(cls, v: str) -> str:
+        # Without --output the run directory is runs/<name>: a name from a shared config must not
+        # place it elsewhere (tests/faults/test_untrusted_text.py).
+        if not v.strip() or Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError("must be a relative name without '..' (the default run directory is runs/<name>)")
+        return v
 
     @property
     def eval_data(self) -> str:

@@ -45,11 +45,20 @@ def dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(_clean(obj), default=_json_default, ensure_ascii=False, indent=indent, sort_keys=False)
 
 
+# mkstemp creates 0600 files; artifacts get the mode open() would give them (0666 minus the umask), so a
+# shared run directory's summary.json or report.html is as readable as records.jsonl next to it.
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

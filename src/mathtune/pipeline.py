@@ -130,7 +130,7 @@ def _eval_task(cfg: RunConfig, task: str, out: Path, holder: _Model, *, progress
 
     return evaluate_task(
         task, model=cfg.model.spec, adapter=str(holder.adapter) if holder.adapter else None,
-        data=cfg.eval_data if task in GSM8K_LIKE else None, limit=cfg.eval.task_limit, output=out,
+        data=cfg.eval_data if task in GSM8K_LIKE else None, limit=cfg.eval.limit_for(task), output=out,
         batch_size=cfg.eval.batch_size, dtype=cfg.model.dtype, seed=cfg.seed, overwrite=False,
         progress=progress, loaded=holder.get(),
     )
@@ -168,6 +168,10 @@ def other_tasks(cfg: RunConfig) -> list[str]:
             raise UserError(f"eval.tasks: unknown task '{t}' (known: gsm8k, {', '.join(TASKS)})")
         if t not in out:
             out.append(t)
+    if isinstance(cfg.eval.task_limit, dict):
+        stray = sorted(set(cfg.eval.task_limit) - set(out))
+        if stray:
+            raise UserError(f"eval.task_limit: '{stray[0]}' is not in eval.tasks ({', '.join(out) or 'none'})")
     return out
 
 

@@ -5,12 +5,16 @@ Bad input (a `UserError`) is printed as one line and exits with code 2, no trace
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 import typer
 
 from mathtune.errors import UserError
+
+# errno values that mean "the machine's state", not "a bug": shown as one line (see main()).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 app = typer.Typer(
     name="mathtune",
@@ -45,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"mathtune: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # A full disk or a directory that became unwritable mid-run is the user's to fix, not a crash:
+        # one line, exit 2. Finished work is already on disk (atomic artifacts, fsynced logs).
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mathtune: error: {where}{e.strerror}; finished work is kept, fix this and rerun", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("mathtune: interrupted; finished work is on disk, rerun to resume", file=sys.stderr)
         sys.exit(130)

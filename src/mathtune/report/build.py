@@ -61,12 +61,14 @@ _MD_CELL = str.maketrans({"|": "\\|", "\n": " ", "\r": " "})
 
 
 def md_text(s: str) -> str:
-    """Our own prose in Markdown: raw HTML is neutralised; text is otherwise left readable."""
-    return html.escape(str(s), quote=False)
+    """Our own prose in Markdown: raw HTML is neutralised, and so are link/image brackets, because prose
+    quotes config values (run name, model spec) that must not become a link or a remote image.
+    Backslashes are escaped first, so an input `\\[` cannot cancel the bracket's escape."""
+    return html.escape(str(s), quote=False).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
 def md_cell(s: str) -> str:
-    return md_text(s).translate(_MD_CELL).replace("[", "\\[").replace("]", "\\]")
+    return md_text(s).translate(_MD_CELL)
 
 
 def md_fence(s: str) -> str:

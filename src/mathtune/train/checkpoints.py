@@ -16,8 +16,17 @@ from pathlib import Path
 
 CHECKPOINTS_DIR = "checkpoints"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-# What a Trainer checkpoint of a PEFT model must hold to be resumable.
-REQUIRED_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+# What a Trainer checkpoint of a PEFT model must hold to be resumable. mathtune_state.json (token count
+# and clock, written by MetricsLogger.on_save just after the Trainer's own files) is required too: a kill
+# between the two left a checkpoint that resumed with num_tokens and elapsed_s restarting from zero
+# (tests/faults/test_checkpoint_corruption.py).
+REQUIRED_FILES = (
+    "trainer_state.json",
+    "adapter_model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "mathtune_state.json",
+)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -190,6 +190,40 @@ def _resume_point(run_dir: Path) -> Path | None:
     return ckpt
 
 
+def _stateful(state: dict[str, Any], name: str) -> dict[str, Any]:
+    entry = (state.get("stateful_callbacks") or {}).get(name) or {}
+    return (entry[0] if entry else {}) if isinstance(entry, list) else entry
+
+
+def _training_had_ended(ckpt: Path) -> bool:
+    """True when `ckpt` was saved at the end of training: max_steps reached or early stopping fired."""
+    state = read_json(ckpt / "trainer_state.json")
+    stopped = bool((_stateful(state, "TrainerControl").get("args") or {}).get("should_training_stop"))
+    max_steps = int(state.get("max_steps") or 0)
+    return stopped or (max_steps > 0 and int(state.get("global_step") or 0) >= max_steps)
+
+
+def _finish_from_checkpoint(trainer, run_dir: Path, ckpt: Path) -> None:
+    """What the end of `trainer.train()` does, from a checkpoint saved when training had ended: restore
+    the Trainer's state and the early-stopping record, and load the best checkpoint's adapter."""
+    from transformers import TrainerState
+
+    raw = read_json(ckpt / "trainer_state.json")
+    state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+    best = run_dir / CHECKPOINTS_DIR / f"checkpoint-{state.best_global_step}" if state.best_global_step else None
+    if best is None or not best.is_dir():
+        best = ckpt
+    # The stored path is absolute: after the run directory moved it points nowhere, so use this directory's.
+    state.best_model_checkpoint = str(best)
+    trainer.state = state
+    model = trainer.model
+    model.load_adapter(str(best), model.active_adapters[0])  # as Trainer._load_best_model does for PEFT
+    record = _stateful(raw, "RecordingEarlyStopping").get("attributes") or {}
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, RecordingEarlyStopping):
+            cb.fired_at = record.get("fired_at")
+
+
 def _quiet_console(trainer, progress: bool) -> None:
     """One progress bar (or nothing); the losses go to metrics.jsonl, not a dict printed per log."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -313,8 +347,14 @@ def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: bool, tunin
 
     t0 = time.perf_counter()
     try:
-        with compact_lm_head(bool(tuning.compact_lm_head)):
-            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        if ckpt is not None and _training_had_ended(ckpt):
+            # Killed after the last checkpoint, before the adapter/summary were written. transformers'
+            # loop would run one more step before it checks for the end (measured: step 13 of 12, and
+            # steps past an early stop), so only the end of training is redone.
+            _finish_from_checkpoint(trainer, run_dir, ckpt)
+        else:
+            with compact_lm_head(bool(tuning.compact_lm_head)):
+                trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     finally:
         logger.close()
     train_seconds = logger.elapsed()
