@@ -20,6 +20,10 @@ class Generation:
     seconds: float = 0.0  # this generation's share of the wall time of the batches it was in
 
 
+# Called with (prompt index, its generations) as soon as one prompt's samples are all finished.
+OnDone = Callable[[int, list[Generation]], None]
+
+
 class Backend(Protocol):
     name: str
 
@@ -33,7 +37,7 @@ class Backend(Protocol):
         max_new_tokens: int,
         stop: list[str],
         seeds: list[int],
-        on_done: Callable[[int, list[Generation]], None] | None = None,
+        on_done: OnDone | None = None,
     ) -> list[list[Generation]]:
         """`n` generations for each prompt, in prompt order. `seeds[i]` seeds prompt i's samples
         (ignored when temperature is 0). `on_done(i, gens)` is called as soon as prompt i's samples

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mathtune.generate.base import Generation, sample_seed, truncate_at_stop
-
-OnDone = Callable[[int, list[Generation]], None]
+from mathtune.generate.base import Generation, OnDone, sample_seed, truncate_at_stop
 
 
 @dataclass

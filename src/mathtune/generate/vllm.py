@@ -8,11 +8,10 @@ and tuned evaluations share one engine build and the exact base weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from mathtune.errors import UserError
-from mathtune.generate.base import Generation, truncate_at_stop
+from mathtune.generate.base import Generation, OnDone, truncate_at_stop
 
 
 def _import_vllm() -> Any:
@@ -69,7 +68,7 @@ class VLLMBackend:
         max_new_tokens: int = 256,
         stop: list[str] | None = None,
         seeds: list[int] | None = None,
-        on_done: Callable[[int, list[Generation]], None] | None = None,
+        on_done: OnDone | None = None,
     ) -> list[list[Generation]]:
         stop = [s for s in (stop or []) if s]
         seeds = seeds if seeds is not None else [0] * len(prompts)
