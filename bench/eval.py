@@ -22,8 +22,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# As the CLI does: idle OpenMP threads sleep instead of spinning (see mathtune.cli.main).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# As the CLI does, before torch loads: see mathtune.openmp.
+sys.path.insert(0, str(REPO / "src"))
+from mathtune.openmp import configure_openmp  # noqa: E402
+
+OPENMP = configure_openmp()
 
 
 def baseline(model, tok, prompts, *, batch_size, max_new_tokens, stop):
@@ -51,7 +54,11 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "gsm8k"))
     ap.add_argument("--limit", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32, help="the baseline's batch size (the issue's: 32)")
+    ap.add_argument(
+        "--mathtune-batch-size", type=int, default=None, help="mathtune's sequences in flight (default: its own, 256)"
+    )
+    ap.add_argument("--engine", default="auto", help="mathtune's decode path: auto, fast or transformers")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -73,8 +80,9 @@ def main() -> None:
     model, tok, _ = load_model(args.model, dtype=args.dtype)
     problems = load_gsm8k(args.data, "test", limit=args.limit)
     print(
-        f"{len(problems)} items, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
-        f"dtype {next(model.parameters()).dtype}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+        f"{len(problems)} items, max_new_tokens {args.max_new_tokens}, dtype {next(model.parameters()).dtype}, "
+        f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, OpenMP wait: {OPENMP}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
 
     out = args.output or Path(tempfile.mkdtemp(prefix="mathtune-bench-eval-"))
@@ -83,7 +91,8 @@ def main() -> None:
         model=args.model,
         data=args.data,
         limit=args.limit,
-        batch_size=args.batch_size,
+        batch_size=args.mathtune_batch_size or 256,
+        engine=args.engine,
         max_new_tokens=args.max_new_tokens,
         dtype=args.dtype,
         output=out,

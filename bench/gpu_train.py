@@ -34,11 +34,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LLAMA_3B = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
-                rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128256, max_position_embeddings=2048, tie_word_embeddings=True)
+LLAMA_3B = dict(
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128256,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 
 
 def make_model_dir(out: Path, tiny: bool, tokenizer_dir: str) -> Path:
@@ -47,8 +64,12 @@ def make_model_dir(out: Path, tiny: bool, tokenizer_dir: str) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = LlamaConfig(**(TINY if tiny else LLAMA_3B), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        **(TINY if tiny else LLAMA_3B),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -63,16 +84,29 @@ def bench_config(args, model_dir: Path):
     from mathtune.config import load_config
 
     gpu = _cuda()
-    return load_config(overrides={
-        "model": {"spec": str(model_dir)},
-        "data": {"path": args.data, "train_limit": args.steps * args.batch_size, "val_limit": 8,
-                 "max_seq_length": args.max_seq_length},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"},
-        "train": {"max_steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": 8,
-                  "eval_steps": 100000, "save_steps": 100000, "logging_steps": 1,
-                  "early_stopping_patience": None, "packing": gpu,
-                  "use_liger_kernel": gpu and importlib.util.find_spec("liger_kernel") is not None},
-    })
+    return load_config(
+        overrides={
+            "model": {"spec": str(model_dir)},
+            "data": {
+                "path": args.data,
+                "train_limit": args.steps * args.batch_size,
+                "val_limit": 8,
+                "max_seq_length": args.max_seq_length,
+            },
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"},
+            "train": {
+                "max_steps": args.steps,
+                "batch_size": args.batch_size,
+                "eval_batch_size": 8,
+                "eval_steps": 100000,
+                "save_steps": 100000,
+                "logging_steps": 1,
+                "early_stopping_patience": None,
+                "packing": gpu,
+                "use_liger_kernel": gpu and importlib.util.find_spec("liger_kernel") is not None,
+            },
+        }
+    )
 
 
 def _cuda() -> bool:
@@ -95,9 +129,13 @@ def worker(side: str, args, out: Path) -> dict:
 
         s = train(cfg, out / "mt", progress=False)
         seconds = s["train_seconds"] - s["eval_seconds"]
-        return {"tokens": s["tokens_trained"], "seconds": seconds, "steps": s["global_step"],
-                "peak_gpu_mb": _peak_memory_mb(),
-                "settings": f"{s['precision']}, packing={cfg.train.packing}, liger={cfg.train.use_liger_kernel}"}
+        return {
+            "tokens": s["tokens_trained"],
+            "seconds": seconds,
+            "steps": s["global_step"],
+            "peak_gpu_mb": _peak_memory_mb(),
+            "settings": f"{s['precision']}, packing={cfg.train.packing}, liger={cfg.train.use_liger_kernel}",
+        }
 
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -107,18 +145,38 @@ def worker(side: str, args, out: Path) -> dict:
 
     model, tok, _ = load_model(str(model_dir))
     data = select_problems(cfg, tok)
-    sft = SFTConfig(output_dir=str(out / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                    learning_rate=2e-4, max_length=args.max_seq_length, eval_strategy="no", save_strategy="no",
-                    report_to="none", disable_tqdm=True, use_cpu=not _cuda(), bf16=_cuda())
-    trainer = SFTTrainer(model=model, args=sft, processing_class=tok,
-                         train_dataset=to_dataset(data.train, data.fmt, strip_annotations=True),
-                         peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
+    sft = SFTConfig(
+        output_dir=str(out / "trl"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=2e-4,
+        max_length=args.max_seq_length,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not _cuda(),
+        bf16=_cuda(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=sft,
+        processing_class=tok,
+        train_dataset=to_dataset(data.train, data.fmt, strip_annotations=True),
+        peft_config=LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+    )
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
-    return {"tokens": int(trainer._total_train_tokens), "seconds": seconds, "steps": trainer.state.global_step,
-            "peak_gpu_mb": _peak_memory_mb(), "settings": "TRL defaults (bf16 on GPU, padded, checkpointing)"}
+    return {
+        "tokens": int(trainer._total_train_tokens),
+        "seconds": seconds,
+        "steps": trainer.state.global_step,
+        "peak_gpu_mb": _peak_memory_mb(),
+        "settings": "TRL defaults (bf16 on GPU, padded, checkpointing)",
+    }
 
 
 def run_side(side: str, argv: list[str]) -> dict:
@@ -161,8 +219,11 @@ def main() -> None:
     for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
         r = results[side] = run_side(side, argv)
         mem = f"peak GPU {r['peak_gpu_mb']:.0f} MB" if r["peak_gpu_mb"] else f"peak RSS {r['peak_rss_mb']:.0f} MB"
-        print(f"{side:<9} {r['tokens']:>8} tokens in {r['seconds']:7.1f}s = {r['tok_s']:8.1f} tok/s; "
-              f"{r['steps']} steps; {mem}; [{r['settings']}]", flush=True)
+        print(
+            f"{side:<9} {r['tokens']:>8} tokens in {r['seconds']:7.1f}s = {r['tok_s']:8.1f} tok/s; "
+            f"{r['steps']} steps; {mem}; [{r['settings']}]",
+            flush=True,
+        )
     if "trl" in results and "mathtune" in results:
         print(f"RATIO gpu_train {results['mathtune']['tok_s'] / results['trl']['tok_s']:.3f}")
 

@@ -31,8 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# As the CLI does: idle OpenMP threads sleep instead of spinning (see mathtune.cli.main).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# As the CLI does, before torch loads: see mathtune.openmp.
+sys.path.insert(0, str(REPO / "src"))
+from mathtune.openmp import configure_openmp  # noqa: E402
+
+OPENMP = configure_openmp()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -45,14 +48,25 @@ def bench_config(args):
     return load_config(
         overrides={
             "model": {"spec": args.model},
-            "data": {"path": args.data, "train_limit": args.n, "val_limit": args.val,
-                     "max_seq_length": args.max_seq_length},
+            "data": {
+                "path": args.data,
+                "train_limit": args.n,
+                "val_limit": args.val,
+                "max_seq_length": args.max_seq_length,
+            },
             "lora": LORA,
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": 16,
-                      "learning_rate": 2e-4, "logging_steps": 5,
-                      # one checkpoint/eval at the end only: the benchmark times training
-                      "eval_steps": 100000, "save_steps": 100000, "early_stopping_patience": None,
-                      "num_threads": args.threads},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "eval_batch_size": 16,
+                "learning_rate": 2e-4,
+                "logging_steps": 5,
+                # one checkpoint/eval at the end only: the benchmark times training
+                "eval_steps": 100000,
+                "save_steps": 100000,
+                "early_stopping_patience": None,
+                "num_threads": args.threads,
+            },
         }
     )
 
@@ -112,19 +126,33 @@ def worker_trl(args, out: Path) -> dict:
         seed=cfg.seed,
         disable_tqdm=True,
     )
-    peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, bias="none", target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=to_dataset(data.train, data.fmt, strip_annotations=True),
-                         processing_class=tok, peft_config=peft)
+    peft = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.1, bias="none", target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=sft,
+        train_dataset=to_dataset(data.train, data.fmt, strip_annotations=True),
+        processing_class=tok,
+        peft_config=peft,
+    )
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
     tokens = int(trainer._total_train_tokens)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     val, n_tok = validation_loss(trainer.model, tok, data.val, data.fmt, args.max_seq_length)
-    return {"side": "trl", "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
-            "steps": trainer.state.global_step, "last_train_loss": losses[-1] if losses else None,
-            "val_loss": val, "val_tokens": n_tok, "settings": "fp32, random padded batches, TRL defaults"}
+    return {
+        "side": "trl",
+        "tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "steps": trainer.state.global_step,
+        "last_train_loss": losses[-1] if losses else None,
+        "val_loss": val,
+        "val_tokens": n_tok,
+        "settings": "fp32, random padded batches, TRL defaults",
+    }
 
 
 def worker_mathtune(args, out: Path) -> dict:
@@ -145,10 +173,17 @@ def worker_mathtune(args, out: Path) -> dict:
     data = select_problems(cfg, tok)
     val, n_tok = validation_loss(model, tok, data.val, data.fmt, args.max_seq_length)
     trains = [r for r in read_jsonl(out / "mt" / "metrics.jsonl") if r["kind"] == "train"]
-    return {"side": "mathtune", "tokens": summary["tokens_trained"], "seconds": seconds,
-            "tok_s": summary["tokens_trained"] / seconds, "steps": summary["global_step"],
-            "last_train_loss": trains[-1]["loss"] if trains else None, "val_loss": val, "val_tokens": n_tok,
-            "settings": f"{summary['precision']}, {tuning.resolved(summary['device'])}"}
+    return {
+        "side": "mathtune",
+        "tokens": summary["tokens_trained"],
+        "seconds": seconds,
+        "tok_s": summary["tokens_trained"] / seconds,
+        "steps": summary["global_step"],
+        "last_train_loss": trains[-1]["loss"] if trains else None,
+        "val_loss": val,
+        "val_tokens": n_tok,
+        "settings": f"{summary['precision']}, {tuning.resolved(summary['device'])}",
+    }
 
 
 def run_side(side: str, argv: list[str]) -> dict:
@@ -198,16 +233,21 @@ def main() -> None:
         print(f"running {side} ...", flush=True)
         results[side] = run_side(side, argv)
         r = results[side]
-        print(f"  {side:<9} {r['tokens']:>7} tokens in {r['seconds']:7.1f}s = {r['tok_s']:7.1f} tok/s; "
-              f"steps {r['steps']}; final val loss {r['val_loss']:.4f} ({r['val_tokens']} tokens); "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB; wall {r['wall_s']:.0f}s; [{r['settings']}]", flush=True)
+        print(
+            f"  {side:<9} {r['tokens']:>7} tokens in {r['seconds']:7.1f}s = {r['tok_s']:7.1f} tok/s; "
+            f"steps {r['steps']}; final val loss {r['val_loss']:.4f} ({r['val_tokens']} tokens); "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB; wall {r['wall_s']:.0f}s; [{r['settings']}]",
+            flush=True,
+        )
     if "trl" in results and "mathtune" in results:
         a, b = results["mathtune"], results["trl"]
         ratio = a["tok_s"] / b["tok_s"]
         dval = (a["val_loss"] - b["val_loss"]) / b["val_loss"]
-        print(f"speed mathtune/trl {ratio:.2f}x; val loss difference {100 * dval:+.2f}% "
-              f"(mathtune {a['val_loss']:.4f} vs trl {b['val_loss']:.4f}); "
-              f"peak RSS {a['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} MB")
+        print(
+            f"speed mathtune/trl {ratio:.2f}x; val loss difference {100 * dval:+.2f}% "
+            f"(mathtune {a['val_loss']:.4f} vs trl {b['val_loss']:.4f}); "
+            f"peak RSS {a['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} MB"
+        )
         print(f"RATIO train {ratio:.3f}")
 
 

@@ -10,8 +10,16 @@ from mathtune.analysis.curves import load_metrics, summarize_curves, window_poin
 
 
 def train_rows(losses: list[float], every: int = 10) -> list[dict]:
-    return [{"kind": "train", "step": every * (i + 1), "loss": v, "mean_token_accuracy": 0.5 + 0.01 * i,
-             "learning_rate": 1e-4} for i, v in enumerate(losses)]
+    return [
+        {
+            "kind": "train",
+            "step": every * (i + 1),
+            "loss": v,
+            "mean_token_accuracy": 0.5 + 0.01 * i,
+            "learning_rate": 1e-4,
+        }
+        for i, v in enumerate(losses)
+    ]
 
 
 def eval_rows(points: list[tuple[int, float]]) -> list[dict]:

@@ -10,12 +10,27 @@ Q2 = "Bob buys 5 apples at $2 each and 3 pears at $4 each. How much does he spen
 GOLD2 = "5*2=<<5*2=10>>10\n3*4=<<3*4=12>>12\n10+12=<<10+12=22>>22\n#### 22"
 
 
-def rec(text: str, *, answer: str | None, strict: str | None = "x", finish: str = "stop", q: str = Q,
-        gold_solution: str = GOLD, gold: str = "36", correct: bool = False) -> dict:
+def rec(
+    text: str,
+    *,
+    answer: str | None,
+    strict: str | None = "x",
+    finish: str = "stop",
+    q: str = Q,
+    gold_solution: str = GOLD,
+    gold: str = "36",
+    correct: bool = False,
+) -> dict:
     return {
-        "id": "test-1", "question": q, "gold": gold, "gold_solution": gold_solution,
+        "id": "test-1",
+        "question": q,
+        "gold": gold,
+        "gold_solution": gold_solution,
         "generations": [{"text": text, "finish_reason": finish, "tokens": 16}],
-        "strict": strict, "flexible": answer, "correct_strict": correct, "correct_flexible": correct,
+        "strict": strict,
+        "flexible": answer,
+        "correct_strict": correct,
+        "correct_flexible": correct,
     }
 
 
@@ -46,8 +61,9 @@ def test_no_answer_when_headline_extraction_finds_nothing():
 
 
 def test_arithmetic_slip_names_the_wrong_equation():
-    c = classify(rec("5 * 2 = 10\n3 * 4 = 12\n10 + 12 = 24\n#### 24", answer="24", q=Q2, gold_solution=GOLD2,
-                     gold="22"))
+    c = classify(
+        rec("5 * 2 = 10\n3 * 4 = 12\n10 + 12 = 24\n#### 24", answer="24", q=Q2, gold_solution=GOLD2, gold="22")
+    )
     assert c is not None and c.category == "arithmetic"
     assert "10 + 12 = 24" in c.detail and "22" in c.detail
 
@@ -72,8 +88,14 @@ def test_misread_number_not_in_question():
 
 def test_misread_answer_copied_from_question():
     # one correct equation (right step count) but the final answer is the goats count from the question
-    c = classify(rec("12 * 3 = 36 kg of hay.\nThe answer is 8", answer="8", gold="36",
-                     gold_solution="12*3=<<12*3=36>>36\n#### 36"))
+    c = classify(
+        rec(
+            "12 * 3 = 36 kg of hay.\nThe answer is 8",
+            answer="8",
+            gold="36",
+            gold_solution="12*3=<<12*3=36>>36\n#### 36",
+        )
+    )
     assert c is not None and c.category == "misread" and "question" in c.detail
 
 

@@ -78,8 +78,9 @@ def test_shipped_configs_validate(name):
 
 
 def test_task_limit_per_task():
-    cfg = load_config(overrides={"eval": {"tasks": ["gsm8k", "arc_easy", "mmlu"],
-                                          "task_limit": {"arc_easy": 100, "mmlu": 1}}})
+    cfg = load_config(
+        overrides={"eval": {"tasks": ["gsm8k", "arc_easy", "mmlu"], "task_limit": {"arc_easy": 100, "mmlu": 1}}}
+    )
     assert cfg.eval.limit_for("arc_easy") == 100
     assert cfg.eval.limit_for("mmlu") == 1
     assert cfg.eval.limit_for("hellaswag") is None

@@ -46,6 +46,9 @@ def chaotic(tiny_model_dir):
     return model, tok
 
 
+ENGINES = ["transformers", "fast"]
+
+
 def _prompts(tok):
     from mathtune.prompts import build_prompt
 
@@ -73,16 +76,19 @@ def test_seeds_are_stable_and_distinct():
     assert len({sample_seed(s, j) for j in range(8)}) == 8
 
 
-def test_greedy_matches_transformers_generate(chaotic, one_thread):
+@pytest.mark.parametrize("engine,batch_size", [("transformers", 2), ("fast", 2), ("fast", 8)])
+def test_greedy_matches_transformers_generate(chaotic, one_thread, engine, batch_size, monkeypatch):
     """Refill, row dropping and cache trimming must not change greedy output. Rows are made to end
-    at different steps (two tokens act as EOS), so batch 2 over 5 prompts of different lengths
-    drops finished rows, merges new prompts into the running cache and trims it."""
+    at different steps (two tokens act as EOS), so a small batch over prompts of different lengths
+    drops finished rows and admits new prompts into the running cache; with batch 8 over 10
+    prompts the fast engine also compacts its slots once the queue is empty."""
     import torch
 
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
     prompts = _prompts(tok)
+    prompts += [p.replace("?", " now?") for p in prompts]
 
     def reference(p, eos):
         enc = tok(p, return_tensors="pt", add_special_tokens=False)
@@ -92,11 +98,18 @@ def test_greedy_matches_transformers_generate(chaotic, one_thread):
             )
         return out[0, enc["input_ids"].shape[1] :].tolist()
 
-    plain = [reference(p, tok.eos_token_id) for p in prompts]
+    plain = [reference(p, tok.eos_token_id) for p in prompts[:5]]
     eos = [plain[0][2], plain[2][5]]
-    be = HFBackend(model, tok, batch_size=2)
+    be = HFBackend(model, tok, batch_size=batch_size, engine=engine)
     be.eos_ids = set(eos)
+    moved = []
+    if engine == "fast":
+        from mathtune.generate.llama_engine import LlamaEngine
+
+        copy = LlamaEngine.copy_slot
+        monkeypatch.setattr(LlamaEngine, "copy_slot", lambda self, *a: (moved.append(a), copy(self, *a))[1])
     got = be.generate(prompts, max_new_tokens=10)
+    assert bool(moved) or batch_size != 8  # batch 8: slots were compacted (n=1: no sample copies)
     lengths = set()
     for p, gens in zip(prompts, got, strict=True):
         ref = reference(p, eos)
@@ -105,24 +118,26 @@ def test_greedy_matches_transformers_generate(chaotic, one_thread):
         assert gens[0].tokens == len(ref)
         assert gens[0].finish_reason == ("stop" if ended else "length")
         lengths.add(len(ref))
-    assert len(lengths) >= 2  # rows really ended at different steps
+    assert len(lengths) >= 3  # rows really ended at different steps
 
 
-def test_batch_size_does_not_change_greedy_output(chaotic, one_thread):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batch_size_does_not_change_greedy_output(chaotic, one_thread, engine):
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
     prompts = _prompts(tok)
-    a = HFBackend(model, tok, batch_size=1).generate(prompts, max_new_tokens=8)
-    b = HFBackend(model, tok, batch_size=4).generate(prompts, max_new_tokens=8)
+    a = HFBackend(model, tok, batch_size=1, engine=engine).generate(prompts, max_new_tokens=8)
+    b = HFBackend(model, tok, batch_size=4, engine=engine).generate(prompts, max_new_tokens=8)
     assert [g[0].text for g in a] == [g[0].text for g in b]
 
 
-def test_stop_string_truncates_and_ends_generation(chaotic, one_thread):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stop_string_truncates_and_ends_generation(chaotic, one_thread, engine):
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
-    be = HFBackend(model, tok, batch_size=2)
+    be = HFBackend(model, tok, batch_size=2, engine=engine)
     prompts = _prompts(tok)[:2]
     full = be.generate(prompts, max_new_tokens=12)
     text = full[0][0].text
@@ -137,11 +152,12 @@ def test_stop_string_truncates_and_ends_generation(chaotic, one_thread):
         assert cut[1][0].text == other
 
 
-def test_eos_ends_generation_and_is_not_in_the_text(chaotic, one_thread):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_eos_ends_generation_and_is_not_in_the_text(chaotic, one_thread, engine):
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
-    be = HFBackend(model, tok, batch_size=2)
+    be = HFBackend(model, tok, batch_size=2, engine=engine)
     prompts = _prompts(tok)[:1]
     first = tok(be.generate(prompts, max_new_tokens=3)[0][0].text, add_special_tokens=False)["input_ids"]
     be.eos_ids = {first[1]}  # make the second greedy token the EOS
@@ -150,28 +166,30 @@ def test_eos_ends_generation_and_is_not_in_the_text(chaotic, one_thread):
     assert g.text == tok.decode(first[:1])
 
 
-def test_sampling_is_seeded_per_item_not_per_batch(chaotic, one_thread):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sampling_is_seeded_per_item_not_per_batch(chaotic, one_thread, engine):
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
     prompts = _prompts(tok)
     seeds = [derive_seed(7, f"test-{i}") for i in range(len(prompts))]
     kw = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=8)
-    a = HFBackend(model, tok, batch_size=3).generate(prompts, seeds=seeds, **kw)
+    a = HFBackend(model, tok, batch_size=3, engine=engine).generate(prompts, seeds=seeds, **kw)
     # A resumed run sees a subset of items, in other batches.
-    b = HFBackend(model, tok, batch_size=1).generate(prompts[2:], seeds=seeds[2:], **kw)
+    b = HFBackend(model, tok, batch_size=1, engine=engine).generate(prompts[2:], seeds=seeds[2:], **kw)
     assert [[g.text for g in r] for r in a[2:]] == [[g.text for g in r] for r in b]
     assert a[0][0].text != a[0][1].text  # the samples of one item differ
-    c = HFBackend(model, tok, batch_size=3).generate(prompts, seeds=[s + 1 for s in seeds], **kw)
+    c = HFBackend(model, tok, batch_size=3, engine=engine).generate(prompts, seeds=[s + 1 for s in seeds], **kw)
     assert [g.text for r in a for g in r] != [g.text for r in c for g in r]
 
 
-def test_on_done_reports_each_prompt_once_with_all_samples(chaotic, one_thread):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_on_done_reports_each_prompt_once_with_all_samples(chaotic, one_thread, engine):
     from mathtune.generate.hf import HFBackend
 
     model, tok = chaotic
     seen = []
-    res = HFBackend(model, tok, batch_size=2).generate(
+    res = HFBackend(model, tok, batch_size=2, engine=engine).generate(
         _prompts(tok), n=2, temperature=0.8, max_new_tokens=4, seeds=[1, 2, 3, 4, 5],
         on_done=lambda i, gens: seen.append((i, len(gens))),
     )  # fmt: skip

@@ -8,8 +8,15 @@ import yaml
 
 from mathtune.io import read_json
 
-SECTIONS = ["1. Overview", "2. Training", "3. Task accuracy (GSM8K)", "4. Error analysis", "5. References",
-            "6. Conclusions and next steps", "Appendix"]
+SECTIONS = [
+    "1. Overview",
+    "2. Training",
+    "3. Task accuracy (GSM8K)",
+    "4. Error analysis",
+    "5. References",
+    "6. Conclusions and next steps",
+    "Appendix",
+]
 
 
 def test_run_pipeline_tiny(tmp_path, tiny_model_dir, gsm8k_dir, capsys):
@@ -19,15 +26,31 @@ def test_run_pipeline_tiny(tmp_path, tiny_model_dir, gsm8k_dir, capsys):
         "name": "tiny",
         "model": {"spec": str(tiny_model_dir)},
         "data": {"path": str(gsm8k_dir), "val_limit": 2},
-        "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 2, "eval_steps": 2, "logging_steps": 1,
-                  "save_steps": 2},
+        "train": {
+            "epochs": 1,
+            "batch_size": 4,
+            "eval_batch_size": 2,
+            "eval_steps": 2,
+            "logging_steps": 1,
+            "save_steps": 2,
+        },
         "eval": {"max_new_tokens": 16, "batch_size": 4},
     }
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    argv = ["run", "--config", str(cfg_path), "--output", str(run), "--train-limit", "8", "--eval-limit", "4",
-            "--quiet"]
+    argv = [
+        "run",
+        "--config",
+        str(cfg_path),
+        "--output",
+        str(run),
+        "--train-limit",
+        "8",
+        "--eval-limit",
+        "4",
+        "--quiet",
+    ]
     main(argv)
     out = capsys.readouterr().out
     assert f"report: {run / 'report.html'}" in out

@@ -18,8 +18,16 @@ from mathtune.report.build import build_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_artifacts" / "small"
 SECTIONS = [
-    "1. Overview", "2. Training", "3. Task accuracy (GSM8K)", "3a. General ability", "3b. GSM-Symbolic robustness",
-    "3c. Self-verification", "4. Error analysis", "5. References", "6. Conclusions and next steps", "Appendix",
+    "1. Overview",
+    "2. Training",
+    "3. Task accuracy (GSM8K)",
+    "3a. General ability",
+    "3b. GSM-Symbolic robustness",
+    "3c. Self-verification",
+    "4. Error analysis",
+    "5. References",
+    "6. Conclusions and next steps",
+    "Appendix",
 ]
 
 
@@ -163,17 +171,49 @@ def test_symbolic_selfverify_and_mmlu_sections(tmp_path):
             (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     for tag, k_var in (("base", 3), ("tuned", 6)):
-        put(f"{tag}-gsm_symbolic", {"task": "gsm_symbolic", "n": 30, "robustness": {
-            "original": _acc(4, 10), "variants": _acc(k_var, 20), "gap": 0.4 - k_var / 20, "gap_ci": [-0.1, 0.3],
-            "n_templates": 10, "n_variants": 20}})
-        put(f"{tag}-gsm8k_selfverify", {"task": "gsm8k_selfverify", "n": 10, "before": _acc(3, 10),
-                                        "after": _acc(4, 10), "right_to_wrong": 1, "wrong_to_right": 2, "changed": 3})
+        put(
+            f"{tag}-gsm_symbolic",
+            {
+                "task": "gsm_symbolic",
+                "n": 30,
+                "robustness": {
+                    "original": _acc(4, 10),
+                    "variants": _acc(k_var, 20),
+                    "gap": 0.4 - k_var / 20,
+                    "gap_ci": [-0.1, 0.3],
+                    "n_templates": 10,
+                    "n_variants": 20,
+                },
+            },
+        )
+        put(
+            f"{tag}-gsm8k_selfverify",
+            {
+                "task": "gsm8k_selfverify",
+                "n": 10,
+                "before": _acc(3, 10),
+                "after": _acc(4, 10),
+                "right_to_wrong": 1,
+                "wrong_to_right": 2,
+                "changed": 3,
+            },
+        )
         oks = [True, True, False, False] if tag == "base" else [True, False, False, False]
         recs = [{"id": f"m-{i}", "subject": "algebra", "correct": ok, "correct_norm": ok} for i, ok in enumerate(oks)]
         k = sum(oks)
-        put(f"{tag}-mmlu", {"task": "mmlu", "n": 4, "headline": "acc", "accuracy": {"acc": _acc(k, 4),
-            "acc_norm": _acc(k, 4)}, "subjects": {"algebra": {"acc": _acc(k, 4)}},
-            "macro": {"acc": k / 4, "acc_norm": k / 4}, "micro": {"acc": k / 4, "acc_norm": k / 4}}, recs)
+        put(
+            f"{tag}-mmlu",
+            {
+                "task": "mmlu",
+                "n": 4,
+                "headline": "acc",
+                "accuracy": {"acc": _acc(k, 4), "acc_norm": _acc(k, 4)},
+                "subjects": {"algebra": {"acc": _acc(k, 4)}},
+                "macro": {"acc": k / 4, "acc_norm": k / 4},
+                "micro": {"acc": k / 4, "acc_norm": k / 4},
+            },
+            recs,
+        )
     md = build_report(run)[0].read_text()
     assert "GSM-Symbolic robustness: not run" not in md and "Self-verification: not run" not in md
     assert "+25.0 pp" in md and "+10.0 pp" in md  # gaps 0.4-0.15 and 0.4-0.3

@@ -15,8 +15,17 @@ from mathtune.train import find_resumable_checkpoint, train
 from mathtune.train.callbacks import MetricsLogger
 from mathtune.train.trainer import resolve_precision
 
-TRAIN_KEYS = {"kind", "step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "num_tokens",
-              "elapsed_s"}
+TRAIN_KEYS = {
+    "kind",
+    "step",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "mean_token_accuracy",
+    "num_tokens",
+    "elapsed_s",
+}
 EVAL_KEYS = {"kind", "step", "epoch", "eval_loss", "eval_mean_token_accuracy", "elapsed_s"}
 
 
@@ -191,8 +200,12 @@ def test_find_resumable_checkpoint_skips_damaged_files(trained, tmp_path, capsys
 def test_early_stopping_fires_and_is_recorded(tiny_model_dir, data_dir, tmp_path):
     # A learning rate this small leaves the validation loss unchanged, i.e. never improving.
     cfg = tiny_cfg(
-        tiny_model_dir, data_dir, "train.learning_rate=1e-30", "train.max_steps=8",
-        "train.early_stopping_patience=1", "train.logging_steps=2",
+        tiny_model_dir,
+        data_dir,
+        "train.learning_rate=1e-30",
+        "train.max_steps=8",
+        "train.early_stopping_patience=1",
+        "train.logging_steps=2",
     )
     summary = train(cfg, tmp_path / "es", progress=False)
     assert summary["early_stopped"] is True

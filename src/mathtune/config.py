@@ -93,8 +93,14 @@ class EvalConfig(_Section):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        256, ge=1, description="Sequences decoded together (the fast engine also caps it by a KV-cache memory budget)."
+    )
     backend: Literal["hf", "vllm"] = "hf"
+    engine: Literal["auto", "fast", "transformers"] = Field(
+        "auto",
+        description="hf decode path: the fast Llama-family engine where the model allows it, else transformers.",
+    )
     headline: Literal["strict", "flexible"] = Field(
         "flexible", description="Which extraction is the headline accuracy (both are reported)."
     )

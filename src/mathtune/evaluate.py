@@ -200,8 +200,9 @@ def evaluate_gsm8k(
     temperature: float = 0.0,
     top_p: float = 1.0,
     max_new_tokens: int = 256,
-    batch_size: int = 32,
+    batch_size: int = 256,
     backend: str = "hf",
+    engine: str = "auto",
     seed: int = 42,
     headline: str = "flexible",
     dtype: str = "auto",
@@ -273,7 +274,7 @@ def evaluate_gsm8k(
     todo = [p for p in items if p.id not in done]
     device = "cpu"
     if todo:
-        device = _generate(todo, done, ident, style, out, batch_size, headline, progress, loaded)
+        device = _generate(todo, done, ident, style, out, batch_size, headline, progress, loaded, engine)
     elif (out / SUMMARY).exists():
         device = read_json(out / SUMMARY).get("device", device)
 
@@ -288,7 +289,7 @@ def evaluate_gsm8k(
     return summary
 
 
-def _generate(todo, done, ident, style, out: Path, batch_size, headline, progress, loaded) -> str:
+def _generate(todo, done, ident, style, out: Path, batch_size, headline, progress, loaded, engine="auto") -> str:
     s = ident["settings"]
     if ident["backend"] == "vllm":
         from mathtune.models import load_tokenizer, resolve_model
@@ -313,7 +314,7 @@ def _generate(todo, done, ident, style, out: Path, batch_size, headline, progres
                 adapter=ident["adapter"],
                 merge_adapter=ident["adapter"] is not None,
             )
-        be = make_backend("hf", model=mdl, tokenizer=tok, batch_size=batch_size)
+        be = make_backend("hf", model=mdl, tokenizer=tok, batch_size=batch_size, engine=engine)
         device = str(next(mdl.parameters()).device.type)
     prompts = [build_prompt(style, p.question, tok) for p in todo]
     # Per-item seeds: a resumed or re-batched run draws the same samples for the same item.

@@ -163,9 +163,7 @@ def load_tokenizer(resolved: ResolvedModel, *, trust_remote_code: bool = False, 
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(
-            resolved.path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as e:
         if resolved.kind == "hub":
             raise _hub_error(resolved, e) from None

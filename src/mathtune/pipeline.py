@@ -72,8 +72,14 @@ def run_stage(log: StageLog, name: str, done: Callable[[], bool], work: Callable
     try:
         out = work()
     except BaseException as e:
-        log.set(name, status="failed", seconds=round(time.perf_counter() - t0, 3), started_at=started,
-                finished_at=_now(), error=f"{type(e).__name__}: {e}"[:500])
+        log.set(
+            name,
+            status="failed",
+            seconds=round(time.perf_counter() - t0, 3),
+            started_at=started,
+            finished_at=_now(),
+            error=f"{type(e).__name__}: {e}"[:500],
+        )
         raise
     log.set(name, status="done", seconds=round(time.perf_counter() - t0, 3), started_at=started, finished_at=_now())
     return out
@@ -90,8 +96,11 @@ class _Model:
             from mathtune.models import load_model
 
             model, tok, resolved = load_model(
-                self.cfg.model.spec, dtype=self.cfg.model.dtype, adapter=self.adapter,
-                trust_remote_code=self.cfg.model.trust_remote_code, revision=self.cfg.model.revision,
+                self.cfg.model.spec,
+                dtype=self.cfg.model.dtype,
+                adapter=self.adapter,
+                trust_remote_code=self.cfg.model.trust_remote_code,
+                revision=self.cfg.model.revision,
             )
             self._loaded = (model, tok, resolved)
         return self._loaded
@@ -110,14 +119,24 @@ def _eval_gsm8k(cfg: RunConfig, out: Path, holder: _Model, *, sc: bool, progress
 
     e = cfg.eval
     kw: dict[str, Any] = dict(
-        model=cfg.model.spec, adapter=str(holder.adapter) if holder.adapter else None, data=cfg.eval_data,
-        split=e.split, prompt=e.prompt, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-        backend=e.backend, seed=cfg.seed, headline=e.headline, dtype=cfg.model.dtype, output=out,
-        overwrite=False, progress=progress,
+        model=cfg.model.spec,
+        adapter=str(holder.adapter) if holder.adapter else None,
+        data=cfg.eval_data,
+        split=e.split,
+        prompt=e.prompt,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        backend=e.backend,
+        engine=e.engine,
+        seed=cfg.seed,
+        headline=e.headline,
+        dtype=cfg.model.dtype,
+        output=out,
+        overwrite=False,
+        progress=progress,
     )
     if sc:
-        kw.update(limit=e.sc_limit or e.limit, samples=e.self_consistency, temperature=e.sc_temperature,
-                  top_p=e.top_p)
+        kw.update(limit=e.sc_limit or e.limit, samples=e.self_consistency, temperature=e.sc_temperature, top_p=e.top_p)
     else:
         kw.update(limit=e.limit, samples=e.samples, temperature=e.temperature, top_p=e.top_p)
     if e.backend == "hf":
@@ -129,10 +148,18 @@ def _eval_task(cfg: RunConfig, task: str, out: Path, holder: _Model, *, progress
     from mathtune.tasks import evaluate_task
 
     return evaluate_task(
-        task, model=cfg.model.spec, adapter=str(holder.adapter) if holder.adapter else None,
-        data=cfg.eval_data if task in GSM8K_LIKE else None, limit=cfg.eval.limit_for(task), output=out,
-        batch_size=cfg.eval.batch_size, dtype=cfg.model.dtype, seed=cfg.seed, overwrite=False,
-        progress=progress, loaded=holder.get(),
+        task,
+        model=cfg.model.spec,
+        adapter=str(holder.adapter) if holder.adapter else None,
+        data=cfg.eval_data if task in GSM8K_LIKE else None,
+        limit=cfg.eval.limit_for(task),
+        output=out,
+        batch_size=cfg.eval.batch_size,
+        dtype=cfg.model.dtype,
+        seed=cfg.seed,
+        overwrite=False,
+        progress=progress,
+        loaded=holder.get(),
     )
 
 
@@ -141,16 +168,31 @@ def _eval_phase(cfg: RunConfig, run_dir: Path, log: StageLog, name: str, adapter
     holder = _Model(cfg, adapter)
     try:
         out = run_dir / "eval" / name
-        run_stage(log, f"eval-{name}", lambda: _summary_done(out),
-                  lambda: _eval_gsm8k(cfg, out, holder, sc=False, progress=progress), progress=progress)
+        run_stage(
+            log,
+            f"eval-{name}",
+            lambda: _summary_done(out),
+            lambda: _eval_gsm8k(cfg, out, holder, sc=False, progress=progress),
+            progress=progress,
+        )
         if cfg.eval.self_consistency:
             out_sc = run_dir / "eval" / f"{name}-sc"
-            run_stage(log, f"eval-{name}-sc", lambda: _summary_done(out_sc),
-                      lambda: _eval_gsm8k(cfg, out_sc, holder, sc=True, progress=progress), progress=progress)
+            run_stage(
+                log,
+                f"eval-{name}-sc",
+                lambda: _summary_done(out_sc),
+                lambda: _eval_gsm8k(cfg, out_sc, holder, sc=True, progress=progress),
+                progress=progress,
+            )
         for task in other_tasks(cfg):
             out_t = run_dir / "eval" / f"{name}-{task}"
-            run_stage(log, f"eval-{name}-{task}", lambda o=out_t: _summary_done(o),
-                      lambda t=task, o=out_t: _eval_task(cfg, t, o, holder, progress=progress), progress=progress)
+            run_stage(
+                log,
+                f"eval-{name}-{task}",
+                lambda o=out_t: _summary_done(o),
+                lambda t=task, o=out_t: _eval_task(cfg, t, o, holder, progress=progress),
+                progress=progress,
+            )
     finally:
         holder.release()
 
@@ -198,8 +240,10 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False
         from mathtune.evaluate import compare_summaries
 
         # Same items, prompt and decoding for base and tuned, or the comparison means nothing.
-        compare_summaries(read_json(run_dir / "eval" / "base" / "summary.json"),
-                          read_json(run_dir / "eval" / "tuned" / "summary.json"))
+        compare_summaries(
+            read_json(run_dir / "eval" / "base" / "summary.json"),
+            read_json(run_dir / "eval" / "tuned" / "summary.json"),
+        )
 
         from mathtune.report.build import build_report
 
@@ -246,8 +290,13 @@ def summary_rows(run_dir: str | Path) -> list[tuple[str, str]]:
     if ts:
         best = ts.get("best_eval_loss")
         best_txt = f"{best:.4f}" if isinstance(best, int | float) else "n/a"
-        rows.append(("training", f"{ts.get('global_step')} steps, best validation loss {best_txt}"
-                     + (" (early stopped)" if ts.get("early_stopped") else "")))
+        rows.append(
+            (
+                "training",
+                f"{ts.get('global_step')} steps, best validation loss {best_txt}"
+                + (" (early stopped)" if ts.get("early_stopped") else ""),
+            )
+        )
     return rows
 
 

@@ -133,9 +133,7 @@ def remove_stage_artifacts(run_dir: Path, stage: str) -> list[Path]:
     return removed
 
 
-def prepare_run_dir(
-    run_dir: str | Path, cfg: RunConfig, *, overwrite: bool, resume: bool, stage: str
-) -> Path:
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, overwrite: bool, resume: bool, stage: str) -> Path:
     """Check `run_dir` can take this stage's output, clear it if asked, save `config.yaml`.
 
     Raises UserError (exit 2) with nothing touched when the directory holds this stage's artifacts
@@ -154,8 +152,7 @@ def prepare_run_dir(
     if existing and not (overwrite or resume):
         if is_finished(run_dir, stage):
             raise RunExistsError(
-                f"{run_dir}: holds a finished {stage} run; pass --overwrite to replace it "
-                "or choose another --output"
+                f"{run_dir}: holds a finished {stage} run; pass --overwrite to replace it or choose another --output"
             )
         raise RunExistsError(
             f"{run_dir}: holds an unfinished {stage} run ({existing[0].name}); pass --resume to continue it "

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from mathtune.errors import UserError
+from mathtune.openmp import configure_openmp
 
 # errno values that mean "the machine's state", not "a bug": shown as one line (see main()).
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -39,10 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     # Hub loading code stays real for users with the Hub; its progress bars and telemetry are noise.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning
-    # threads wait for descheduled peers and made 2-thread decoding 4x slower than 1 thread here.
-    # Must be set before torch is imported (commands import it lazily).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch is imported (commands import it lazily): see mathtune.openmp.
+    configure_openmp()
     _register()
     try:
         app(args=argv, standalone_mode=False)

@@ -40,6 +40,7 @@ def build_eval_settings(config: Path | None, sets: list[str] | None, flags: dict
         max_new_tokens=e.max_new_tokens,
         batch_size=e.batch_size,
         backend=e.backend,
+        engine=e.engine,
         seed=cfg.seed,
         headline=e.headline,
         dtype=cfg.model.dtype,
@@ -69,6 +70,9 @@ def eval_command(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Generation length cap.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sequences decoded together.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="hf or vllm.")] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="hf decode path: auto, fast (Llama family) or transformers.")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     headline: Annotated[str | None, typer.Option("--headline", help="strict or flexible.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")] = None,
@@ -90,7 +94,7 @@ def eval_command(
     flags = dict(
         spec=model, dtype=dtype, seed=seed, data=data, split=split, limit=limit, prompt=prompt, samples=samples,
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        backend=backend, headline=headline,
+        backend=backend, engine=engine, headline=headline,
     )  # fmt: skip
     cfg, kw = build_eval_settings(config, sets, flags)
     ad = str(adapter) if adapter is not None else None

@@ -44,9 +44,7 @@ def plain_prompt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def to_prompt_completion(
-    problem: Problem, fmt: str, *, strip_annotations: bool = True
-) -> dict[str, Any]:
+def to_prompt_completion(problem: Problem, fmt: str, *, strip_annotations: bool = True) -> dict[str, Any]:
     """A TRL prompt-completion example. `fmt='chat'` gives the conversational form, which TRL
     renders with the tokenizer's chat template; `plain` gives strings."""
     target = training_target(problem, strip_annotations=strip_annotations)

@@ -95,9 +95,7 @@ def _load_hub(repo: str, split: str, limit: int | None) -> list[Problem]:
     return out
 
 
-def split_train_val(
-    problems: list[Problem], val_fraction: float, seed: int
-) -> tuple[list[Problem], list[Problem]]:
+def split_train_val(problems: list[Problem], val_fraction: float, seed: int) -> tuple[list[Problem], list[Problem]]:
     """Seeded shuffle, then the first `val_fraction` becomes validation. Order within each part is
     the shuffled order, so `--train-limit N` takes a random-but-reproducible subset."""
     if len(problems) < 2:

@@ -95,8 +95,9 @@ def _env(autoescape: bool):
 def render(a: RunArtifacts, sections: list[dict[str, Any]], plots: dict[str, Path]) -> tuple[str, str]:
     title = f"mathtune report: {a.cfg.name}"
     images_md = {k: f"plots/{p.name}" for k, p in plots.items()}
-    images_html = {k: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
-                   for k, p in plots.items()}
+    images_html = {
+        k: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii") for k, p in plots.items()
+    }
     md = _env(False).get_template("report.md.j2").render(title=title, sections=sections, images=images_md)
     page = _env(True).get_template("report.html.j2").render(title=title, sections=sections, images=images_html)
     return md, page

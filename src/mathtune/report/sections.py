@@ -228,16 +228,21 @@ def section_accuracy(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path
                 for m in ("strict", "flexible")
             ]
     plots["accuracy"] = P_.grouped_bars(
-        ["strict", "flexible"], series, a.run_dir / "plots" / "accuracy.png",
-        title="GSM8K accuracy (95% Wilson CI)", xlabel="answer extraction",
+        ["strict", "flexible"],
+        series,
+        a.run_dir / "plots" / "accuracy.png",
+        title="GSM8K accuracy (95% Wilson CI)",
+        xlabel="answer extraction",
     )
     blocks.append({"kind": "img", "name": "accuracy", "alt": "GSM8K accuracy, base vs tuned"})
     if base and tuned:
         diff = _settings_differ(base.summary, tuned.summary)
         if diff:
             blocks.append(
-                P(f"WARNING: base and tuned were evaluated with different settings ({', '.join(diff)}); "
-                  "the paired comparison below is not valid.")
+                P(
+                    f"WARNING: base and tuned were evaluated with different settings ({', '.join(diff)}); "
+                    "the paired comparison below is not valid."
+                )
             )
         pc = paired(base.records, tuned.records, f"correct_{headline}")
         ctx["paired"] = pc
@@ -245,15 +250,23 @@ def section_accuracy(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path
             blocks.append(H("Paired comparison (same items)"))
             blocks.append(
                 T(
-                    ["items", "right in both", "fixed (wrong→right)", "broken (right→wrong)", "wrong in both",
-                     "McNemar exact"],
+                    [
+                        "items",
+                        "right in both",
+                        "fixed (wrong→right)",
+                        "broken (right→wrong)",
+                        "wrong in both",
+                        "McNemar exact",
+                    ],
                     [[pc["n"], pc["both_right"], pc["fixed"], pc["broken"], pc["both_wrong"], pval(pc["p"])]],
                 )
             )
             sig = "significant" if pc["p"] < 0.05 else "not significant"
             blocks.append(
-                P(f"McNemar's exact test on the {pc['fixed'] + pc['broken']} discordant items: {pval(pc['p'])} "
-                  f"({sig} at the 5% level).")
+                P(
+                    f"McNemar's exact test on the {pc['fixed'] + pc['broken']} discordant items: {pval(pc['p'])} "
+                    f"({sig} at the 5% level)."
+                )
             )
         else:
             blocks.append(P("Paired comparison: not possible (no per-item records shared by base and tuned)."))
@@ -271,15 +284,24 @@ def _self_consistency(a: RunArtifacts) -> list[dict[str, Any]]:
             continue
         k = sc.get("k")
         rows.append(
-            [name, e.summary.get("n"), k, acc_ci(sc.get("maj_at_k")), acc_ci(sc.get("pass_at_k")),
-             acc_ci(sc.get("first_sample")), pct(sc.get("mean_agreement"))]
+            [
+                name,
+                e.summary.get("n"),
+                k,
+                acc_ci(sc.get("maj_at_k")),
+                acc_ci(sc.get("pass_at_k")),
+                acc_ci(sc.get("first_sample")),
+                pct(sc.get("mean_agreement")),
+            ]
         )
     if not rows:
         return [P("Self-consistency: not run (set eval.self_consistency to K of 2 or more to measure maj@K).")]
     return [
         T(["model", "n", "K", "maj@K", "pass@K", "first sample", "mean agreement"], rows),
-        P("maj@K: the majority answer of K samples is right; pass@K: at least one of K is right "
-          "(an upper bound, not a usable accuracy); first sample: a single sampled answer."),
+        P(
+            "maj@K: the majority answer of K samples is right; pass@K: at least one of K is right "
+            "(an upper bound, not a usable accuracy); first sample: a single sampled answer."
+        ),
     ]
 
 
@@ -304,8 +326,15 @@ def section_general(a: RunArtifacts, ctx: dict[str, Any]) -> list[dict[str, Any]
         pc = paired(b.records, t.records, key)
         change = (at["acc"] - ab["acc"]) if ab and at else None
         rows.append(
-            [task, metric, acc_ci(ab), acc_ci(at), "n/a" if change is None else f"{100 * change:+.1f} pp",
-             f"{pc['fixed']} / {pc['broken']}" if pc else "n/a", pval(pc["p"]) if pc else "n/a"]
+            [
+                task,
+                metric,
+                acc_ci(ab),
+                acc_ci(at),
+                "n/a" if change is None else f"{100 * change:+.1f} pp",
+                f"{pc['fixed']} / {pc['broken']}" if pc else "n/a",
+                pval(pc["p"]) if pc else "n/a",
+            ]
         )
         if change is not None:
             direction = "DROP" if change < 0 else ("gain" if change > 0 else "no change")
@@ -326,12 +355,15 @@ def section_general(a: RunArtifacts, ctx: dict[str, Any]) -> list[dict[str, Any]
     if not rows and not notes:
         return [P("General ability (ARC, MMLU, HellaSwag): not run (add tasks to eval.tasks, e.g. arc_easy).")]
     blocks = [
-        P("Multiple-choice tasks scored by log-likelihood of each choice; a drop is a cost of the fine-tune "
-          "and is reported with the same weight as a gain."),
+        P(
+            "Multiple-choice tasks scored by log-likelihood of each choice; a drop is a cost of the fine-tune "
+            "and is reported with the same weight as a gain."
+        ),
     ]
     if rows:
-        blocks.append(T(["task", "metric", "base [95% CI]", "tuned [95% CI]", "change", "fixed / broken",
-                         "McNemar exact"], rows))
+        blocks.append(
+            T(["task", "metric", "base [95% CI]", "tuned [95% CI]", "change", "fixed / broken", "McNemar exact"], rows)
+        )
     if notes:
         blocks.append(L(notes))
     return blocks
@@ -346,16 +378,25 @@ def section_symbolic(a: RunArtifacts) -> list[dict[str, Any]]:
             continue
         gci = rob.get("gap_ci") or [None, None]
         rows.append(
-            [name, acc_ci(rob.get("original")), acc_ci(rob.get("variants")),
-             f"{100 * rob['gap']:+.1f} pp [{fnum(None if gci[0] is None else 100 * gci[0], 3)}, "
-             f"{fnum(None if gci[1] is None else 100 * gci[1], 3)}]" if rob.get("gap") is not None else "n/a",
-             rob.get("n_templates"), rob.get("n_variants")]
+            [
+                name,
+                acc_ci(rob.get("original")),
+                acc_ci(rob.get("variants")),
+                f"{100 * rob['gap']:+.1f} pp [{fnum(None if gci[0] is None else 100 * gci[0], 3)}, "
+                f"{fnum(None if gci[1] is None else 100 * gci[1], 3)}]"
+                if rob.get("gap") is not None
+                else "n/a",
+                rob.get("n_templates"),
+                rob.get("n_variants"),
+            ]
         )
     if not rows:
         return [P("GSM-Symbolic robustness: not run (add gsm_symbolic to eval.tasks).")]
     return [
-        P("Accuracy on original items vs. variants with changed names and numbers (GSM-Symbolic templates); "
-          "gap = original − variants, in points, with its 95% interval."),
+        P(
+            "Accuracy on original items vs. variants with changed names and numbers (GSM-Symbolic templates); "
+            "gap = original − variants, in points, with its 95% interval."
+        ),
         T(["model", "original", "variants", "gap", "templates", "variants (n)"], rows),
     ]
 
@@ -367,8 +408,17 @@ def section_selfverify(a: RunArtifacts) -> list[dict[str, Any]]:
         if e is None:
             continue
         s = e.summary
-        rows.append([name, s.get("n"), acc_ci(s.get("before")), acc_ci(s.get("after")), s.get("wrong_to_right"),
-                     s.get("right_to_wrong"), s.get("changed")])
+        rows.append(
+            [
+                name,
+                s.get("n"),
+                acc_ci(s.get("before")),
+                acc_ci(s.get("after")),
+                s.get("wrong_to_right"),
+                s.get("right_to_wrong"),
+                s.get("changed"),
+            ]
+        )
     if not rows:
         return [P("Self-verification: not run (add gsm8k_selfverify to eval.tasks).")]
     return [

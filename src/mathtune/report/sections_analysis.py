@@ -29,8 +29,10 @@ def section_errors(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path])
         rows.append(row)
     rows.append(["all wrong answers"] + [f"{analyses[n].n_wrong} of {analyses[n].n}" for n in runs])
     blocks = [
-        P(f"Every wrong {headline} answer gets one category: the first rule that applies, in the order of the "
-          "table (rules in the appendix). Rates are shares of the wrong answers."),
+        P(
+            f"Every wrong {headline} answer gets one category: the first rule that applies, in the order of the "
+            "table (rules in the appendix). Rates are shares of the wrong answers."
+        ),
         T(["category"] + [f"{n} (count, share)" for n in runs], rows),
     ]
     plots["errors"] = P_.category_bars(
@@ -72,16 +74,22 @@ def section_errors(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path])
             b = next((x for x in by[n] if x.label == lab), None)
             row.append("n/a" if b is None else f"{pct(b.acc)} [{pct(b.ci_low)}, {pct(b.ci_high)}] ({b.correct}/{b.n})")
         srows.append(row)
-    blocks.append(P("Steps = calculator annotations in the gold solution (GSM8K marks each computation with one); "
-                    "more steps means longer multi-step arithmetic."))
+    blocks.append(
+        P(
+            "Steps = calculator annotations in the gold solution (GSM8K marks each computation with one); "
+            "more steps means longer multi-step arithmetic."
+        )
+    )
     blocks.append(T(["steps"] + [f"{n} accuracy [95% CI]" for n in runs], srows))
     series = {
-        n: [next(((x.acc, x.ci_low, x.ci_high) for x in by[n] if x.label == lab), None) for lab in labels]
-        for n in runs
+        n: [next(((x.acc, x.ci_low, x.ci_high) for x in by[n] if x.label == lab), None) for lab in labels] for n in runs
     }
     plots["steps"] = P_.grouped_bars(
-        labels, series, a.run_dir / "plots" / "accuracy_by_steps.png",
-        title=f"{headline} accuracy by gold solution steps (95% CI)", xlabel="steps in gold solution",
+        labels,
+        series,
+        a.run_dir / "plots" / "accuracy_by_steps.png",
+        title=f"{headline} accuracy by gold solution steps (95% CI)",
+        xlabel="steps in gold solution",
     )
     blocks.append({"kind": "img", "name": "steps", "alt": "Accuracy by number of steps"})
     return blocks
@@ -102,24 +110,32 @@ def section_references(a: RunArtifacts, ctx: dict[str, Any]) -> list[dict[str, A
         )
     if not refs:
         return [
-            P(f"No published GSM8K numbers are on file for this model ({hub_id or a.cfg.model.spec}); "
-              "see mathtune/references/gsm8k.yaml."),
+            P(
+                f"No published GSM8K numbers are on file for this model ({hub_id or a.cfg.model.spec}); "
+                "see mathtune/references/gsm8k.yaml."
+            ),
             P(f"Ours (base model): {ours or 'not run'}."),
         ]
-    rows = [[f"{r.value:.2f}%", r.metric, r.protocol, r.harness, r.source + (f" ({r.note})" if r.note else "")]
-            for r in refs]
+    rows = [
+        [f"{r.value:.2f}%", r.metric, r.protocol, r.harness, r.source + (f" ({r.note})" if r.note else "")]
+        for r in refs
+    ]
     blocks = [
         P(f"Published GSM8K numbers for {hub_id} (the base model of this run):"),
         T(["published", "metric", "protocol", "harness", "source"], rows),
         P(f"Ours (base model, before fine-tuning): {ours or 'not run'}."),
     ]
-    why = ("They may differ because the protocols differ: number of few-shot examples and chain-of-thought "
-           "exemplars, answer extraction (strict marker vs. last number), the harness's prompt template and "
-           "stop sequences, sampling (maj@1 vs. greedy), and the number of items (we evaluate a subset, so our "
-           "interval is wide).")
+    why = (
+        "They may differ because the protocols differ: number of few-shot examples and chain-of-thought "
+        "exemplars, answer extraction (strict marker vs. last number), the harness's prompt template and "
+        "stop sequences, sampling (maj@1 vs. greedy), and the number of items (we evaluate a subset, so our "
+        "interval is wide)."
+    )
     if a.cfg.model.spec == "smollm2-135m":
-        why += (" Also, the embedded smollm2-135m weights are dequantized from a 4-bit GGUF (Q4_1) file, not the "
-                 "original bf16 checkpoint.")
+        why += (
+            " Also, the embedded smollm2-135m weights are dequantized from a 4-bit GGUF (Q4_1) file, not the "
+            "original bf16 checkpoint."
+        )
     blocks.append(P(why))
     return blocks
 
@@ -184,33 +200,55 @@ def section_conclusions(a: RunArtifacts, ctx: dict[str, Any]) -> list[dict[str, 
         ("GSM-Symbolic robustness", "gsm_symbolic" in measured),
         ("self-verification", "gsm8k_selfverify" in measured),
     ]
-    steps_ = [f"{name}: {'measured in this run (see above)' if done else 'not measured in this run'}."
-              for name, done in nxt]
+    steps_ = [
+        f"{name}: {'measured in this run (see above)' if done else 'not measured in this run'}." for name, done in nxt
+    ]
     return [L(items), H("Next steps"), L(steps_)]
 
 
 APPENDIX_METRICS = [
-    ("strict accuracy", "the answer is taken only from an explicit final-answer marker ('#### N', 'The answer is "
-     "N', '\\boxed{N}'); no marker counts as wrong."),
+    (
+        "strict accuracy",
+        "the answer is taken only from an explicit final-answer marker ('#### N', 'The answer is "
+        "N', '\\boxed{N}'); no marker counts as wrong.",
+    ),
     ("flexible accuracy", "the answer is the last number in the generation."),
-    ("exact match", "the extracted answer equals the gold answer numerically after normalisation (commas, "
-     "'$', trailing zeros removed)."),
+    (
+        "exact match",
+        "the extracted answer equals the gold answer numerically after normalisation (commas, "
+        "'$', trailing zeros removed).",
+    ),
     ("95% CI", "Wilson score interval for a binomial proportion."),
-    ("McNemar exact test", "two-sided binomial test on the items that changed between base and tuned "
-     "(fixed vs broken); items right or wrong in both carry no information about the difference."),
-    ("maj@K", "sample K answers (temperature above 0); the item is right when the most frequent extracted answer "
-     "is right (ties: the answer seen first)."),
+    (
+        "McNemar exact test",
+        "two-sided binomial test on the items that changed between base and tuned "
+        "(fixed vs broken); items right or wrong in both carry no information about the difference.",
+    ),
+    (
+        "maj@K",
+        "sample K answers (temperature above 0); the item is right when the most frequent extracted answer "
+        "is right (ties: the answer seen first).",
+    ),
     ("pass@K", "right when any of the K samples is right; an upper bound, not an accuracy a user gets."),
     ("mean agreement", "average share of the K samples that agree with the majority answer."),
     ("invalid rate", "share of items where the extraction found no answer at all."),
     ("truncation rate", "share of generations that hit max_new_tokens (finish_reason 'length')."),
-    ("mean token accuracy", "teacher-forced next-token agreement on the answer tokens during training "
-     "(TRL's definition); it measures how well the model predicts the gold solution token by token, "
-     "NOT whether it solves problems."),
-    ("loss", "mean cross-entropy on the completion (answer) tokens; validation loss on the held-out "
-     "validation split, step 0 before any update."),
-    ("trend", "OLS slope of the loss over the final window of logged points with its confidence interval; "
-     "'still improving' only when the whole interval is below zero."),
+    (
+        "mean token accuracy",
+        "teacher-forced next-token agreement on the answer tokens during training "
+        "(TRL's definition); it measures how well the model predicts the gold solution token by token, "
+        "NOT whether it solves problems.",
+    ),
+    (
+        "loss",
+        "mean cross-entropy on the completion (answer) tokens; validation loss on the held-out "
+        "validation split, step 0 before any update.",
+    ),
+    (
+        "trend",
+        "OLS slope of the loss over the final window of logged points with its confidence interval; "
+        "'still improving' only when the whole interval is below zero.",
+    ),
     ("cost", "price per hour × device hours (sum of stage wall times)."),
 ]
 
@@ -222,6 +260,8 @@ def section_appendix() -> list[dict[str, Any]]:
         H("Metric definitions"),
         T(["metric", "definition"], [[k, v] for k, v in APPENDIX_METRICS]),
         H("Error-category rules (applied in this order; the first match wins)"),
-        T(["#", "category", "rule"],
-          [[i, CATEGORY_LABELS[c], CATEGORY_RULES[c]] for i, c in enumerate(CATEGORY_ORDER, 1)]),
+        T(
+            ["#", "category", "rule"],
+            [[i, CATEGORY_LABELS[c], CATEGORY_RULES[c]] for i, c in enumerate(CATEGORY_ORDER, 1)],
+        ),
     ]

@@ -37,9 +37,7 @@ class MetricsLogger(TrainerCallback):
     stored in the checkpoint (STATE_NAME) and passed back as offsets.
     """
 
-    def __init__(
-        self, path: Path, *, elapsed_offset: float = 0.0, tokens_offset: int = 0, eval_offset: float = 0.0
-    ):
+    def __init__(self, path: Path, *, elapsed_offset: float = 0.0, tokens_offset: int = 0, eval_offset: float = 0.0):
         self.path = Path(path)
         self.elapsed_offset = elapsed_offset
         self.eval_seconds = eval_offset

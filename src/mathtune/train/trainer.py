@@ -123,9 +123,7 @@ def _lora_config(cfg: RunConfig):
     )
 
 
-def _sft_config(
-    cfg: RunConfig, run_dir: Path, prec: Precision, tuning: Tuning, *, progress: bool, eval_on_start: bool
-):
+def _sft_config(cfg: RunConfig, run_dir: Path, prec: Precision, tuning: Tuning, *, progress: bool, eval_on_start: bool):
     from trl import SFTConfig
 
     t = cfg.train

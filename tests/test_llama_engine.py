@@ -1,0 +1,148 @@
+"""The fast Llama-family engine computes transformers' function: logits, GQA, biases, LoRA, slots."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _tiny(kind: str, **extra):
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    cfg = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[kind](**common, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # large weights: attention far from uniform, so a wrong mask shows
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 2 else 0.2) + (p.dim() == 1))
+    return model.eval()
+
+
+def _reference_logits(model, ids: list[int]):
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def _check(model, seqs: list[list[int]]):
+    """Prefill each sequence's prompt (all but its last 3 tokens) in one step, then decode the last
+    3 tokens of all sequences together; every logit row must equal transformers' full forward."""
+    from mathtune.generate.llama_engine import LlamaEngine, Prefill
+
+    eng = LlamaEngine(model)
+    eng.allocate(len(seqs), 64)
+    with torch.inference_mode():
+        got = eng.logits(eng.forward(None, None, [Prefill(i, s[:-3]) for i, s in enumerate(seqs)]))
+        steps = [got]
+        for k in (3, 2, 1):
+            toks = torch.tensor([s[-k] for s in seqs])
+            pos = torch.tensor([len(s) - k for s in seqs])
+            steps.append(eng.logits(eng.forward(toks, pos, [])))
+    for i, s in enumerate(seqs):
+        ref = _reference_logits(model, s)
+        assert torch.allclose(steps[0][i], ref[len(s) - 4], atol=1e-4, rtol=1e-4)
+        for j, k in enumerate((3, 2, 1)):
+            assert torch.allclose(steps[j + 1][i], ref[len(s) - k], atol=1e-4, rtol=1e-4), (i, k)
+
+
+SEQS = [[5, 9, 2, 33, 40, 41, 7, 8, 60, 3], [5, 9, 2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [1, 2, 3, 4, 5]]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_engine_logits_equal_transformers(kind):
+    # Sequences of different lengths share slots' decode steps: positions, masks and GQA per row.
+    _check(_tiny(kind), SEQS)
+
+
+def test_engine_folds_unmerged_lora_weights():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # PEFT initialises B to zero (a no-op adapter); make it matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    model.eval()
+    _check(model, SEQS[:2])
+
+
+def test_mixed_step_prefill_and_decode_and_prefix_reuse():
+    """A step that decodes slot 0 while prefilling slots 1 and 2 (batched: same start) after a
+    cached prefix gives the logits of running each sequence alone."""
+    from mathtune.generate.llama_engine import LlamaEngine, Prefill
+
+    model = _tiny("llama")
+    a, b = SEQS[0], SEQS[1]
+    c = b[:3] + [70, 71]  # a, b and c share their first 3 tokens; c is shorter than b (padding)
+    eng = LlamaEngine(model)
+    eng.allocate(3, 64)
+    with torch.inference_mode():
+        eng.forward(None, None, [Prefill(0, a[:3])])
+        prefix = eng.save_prefix(0, 3)
+        eng.forward(None, None, [Prefill(0, a[3:-1], 3)])
+        eng.load_prefix(prefix, 1)
+        eng.load_prefix(prefix, 2)
+        dec = (torch.tensor([a[-1]]), torch.tensor([len(a) - 1]))
+        out = eng.logits(eng.forward(*dec, [Prefill(1, b[3:], 3), Prefill(2, c[3:], 3)]))
+        nxt = eng.logits(eng.forward(torch.tensor([0, 5, 6]), torch.tensor([len(a), len(b), len(c)]), []))
+    for got, seq in zip(out, (a, b, c), strict=True):
+        assert torch.allclose(got, _reference_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+    for got, seq in zip(nxt, (a + [0], b + [5], c + [6]), strict=True):  # the cache they left is right
+        assert torch.allclose(got, _reference_logits(model, seq)[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_screening_returns_the_exact_argmax_even_for_near_ties():
+    """bf16 screening must never change the greedy token: rows of the head are made near-equal
+    (apart by 1e-3 per weight: logit gaps far below bf16 resolution), so only the fp32 recheck
+    can tell them apart. Compared with fp64 logits on rows whose top-2 gap is above fp32 noise."""
+    from mathtune.generate.llama_engine import LlamaEngine
+
+    eng = LlamaEngine(_tiny("llama"))
+    assert eng.screen
+    g = torch.Generator().manual_seed(3)
+    head = eng.lm_head
+    for j in range(1, 40):  # tokens 1..39: near-copies of token 0
+        head[j] = head[0] + 1e-3 * torch.randn(head.shape[1], generator=g)
+    eng.prepare_screen()
+    h = torch.randn((500, head.shape[1]), generator=g) * 3
+    h[:250] = head[0] * 4 + torch.randn((250, head.shape[1]), generator=g)  # token 0's group wins
+    exact = h.double() @ head.double().T
+    top = exact.topk(2, dim=-1).values
+    clear = (top[:, 0] - top[:, 1]) > 1e-4
+    want = exact.argmax(-1)
+    got = eng.greedy(h)
+    near = want[:250][clear[:250]]
+    assert len(near) > 200 and len(set(near.tolist())) > 5 and (near < 40).all()  # near-ties decide
+    assert torch.equal(got[clear], want[clear])
+    bf16 = (h.bfloat16() @ eng._head_bf16.T).float().argmax(-1)
+    assert (bf16[clear] != want[clear]).sum() > 20  # bf16 logits alone would often be wrong
+
+
+def test_unsupported_models_fall_back_or_fail_clearly():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mathtune.generate.hf import HFBackend
+    from mathtune.generate.llama_engine import supports
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    assert "gpt2" in supports(gpt2)
+    assert "sliding-window" in supports(_tiny("mistral", sliding_window=16))
+    assert supports(_tiny("mistral", sliding_window=None)) is None
+
+    class Tok:
+        eos_token_id = 0
+        pad_token_id = 0
+
+    assert HFBackend(gpt2, Tok()).fast_engine() is None  # auto: the transformers loop runs
+    with pytest.raises(ValueError, match="gpt2"):
+        HFBackend(gpt2, Tok(), engine="fast").fast_engine()
