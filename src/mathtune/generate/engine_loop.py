@@ -95,9 +95,9 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
             active[s] = row
             left[row.prompt_idx] -= 1
             if row.prompt_idx in prompt_cache:
-                saved, logits = prompt_cache[row.prompt_idx]
+                saved, state = prompt_cache[row.prompt_idx]
                 engine.load_prefix(saved, s)
-                reused.append((s, row, logits))
+                reused.append((s, row, state))
             elif row.prompt_idx in first_slot:
                 copies.append((s, row, first_slot[row.prompt_idx]))
             else:
@@ -116,7 +116,7 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
             hidden = engine.forward(
                 last[:n_dec] if n_dec else None, pos[:n_dec] if n_dec else None, prefills, width=width
             )
-        # ---- gather (slot, row, logits) for every row that gets a token this step -----------
+        # ---- gather (slot, row, hidden state) for every row that gets a token this step -----
         chosen_slots, chosen_rows, chosen_states = [], [], []
         for s in sorted(running):
             chosen_slots.append(s)
@@ -135,10 +135,10 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
             chosen_slots.append(s)
             chosen_rows.append(row)
             chosen_states.append(by_slot[src])
-        for s, row, lg in reused:
+        for s, row, state in reused:
             chosen_slots.append(s)
             chosen_rows.append(row)
-            chosen_states.append(lg)
+            chosen_states.append(state)
         for idx in [i for i, n in left.items() if n == 0 and i in prompt_cache]:
             del prompt_cache[idx]
         if not chosen_rows:

@@ -1,4 +1,14 @@
-"""Hugging Face transformers backend: a manual decode loop with continuous batching.
+"""Hugging Face transformers backend: batched decoding of a loaded transformers model.
+
+Two decode paths behind one `generate`:
+- Llama-family models (Llama, Mistral without sliding window, Qwen2) on a CPU run on `LlamaEngine`
+  (generate/llama_engine.py, scheduled by generate/engine_loop.py): a lean forward with a slot KV
+  cache, no padding, shared-prefix reuse, and a greedy head screened in bf16 without changing the
+  argmax. `engine="transformers"` forces the path below; `engine="fast"` refuses other models and
+  also runs on an accelerator (not yet measured there, so `auto` does not pick it).
+- Any other model runs the manual loop below through transformers' own forward.
+
+The transformers loop: continuous batching.
 
 Why not `model.generate`: on a CPU, a batched `generate` keeps decoding rows that have already
 finished until the longest row of the batch ends, and its DynamicCache copies the whole KV cache
@@ -90,6 +100,10 @@ class HFBackend:
             from mathtune.generate.llama_engine import LlamaEngine, supports
 
             reason = supports(self.model)
+            if reason is None and self.engine == "auto" and self.device.type != "cpu":
+                # Measured only on CPU so far; on an accelerator `auto` keeps the tested
+                # transformers loop (or use the vllm backend); engine="fast" opts in.
+                reason = f"auto uses the fast engine on CPU only (device {self.device.type})"
             if reason is not None:
                 if self.engine == "fast":
                     raise ValueError(f"engine 'fast': {reason}")
