@@ -111,3 +111,18 @@ def test_other_tasks_are_dispatched(tiny_model_dir, tmp_path, monkeypatch):
     assert code == 0
     assert seen["task"] == "arc_easy" and seen["limit"] == 2 and seen["model"] == str(tiny_model_dir)
     assert seen["data"] is None and seen["output"] == tmp_path / "e"
+
+
+def test_engines_agree_and_a_bad_engine_is_exit_2(base_args, tmp_path, capsys):
+    """`--engine transformers` and `--engine fast` write the same greedy records; an unknown
+    engine is a one-line error naming the field."""
+    texts = {}
+    for engine in ("transformers", "fast"):
+        out = tmp_path / engine
+        assert _cli(*base_args, "--engine", engine, "--output", out) == 0
+        texts[engine] = [json.loads(line)["generations"][0]["text"] for line in (out / "records.jsonl").open()]
+    assert texts["transformers"] == texts["fast"]
+    capsys.readouterr()
+    assert _cli(*base_args, "--engine", "turbo", "--output", tmp_path / "x") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "engine" in err[0]
