@@ -164,6 +164,25 @@ class RunConfig(_Section):
     def eval_data(self) -> str:
         return self.eval.data or self.data.path
 
+    def gsm8k_eval_kwargs(self) -> dict[str, Any]:
+        """The `evaluate_gsm8k` arguments this config fixes for every GSM8K evaluation (one place,
+        for `mathtune eval` and `mathtune run`); callers add the adapter, the item limit and the
+        decoding of that evaluation, and where to write it."""
+        e = self.eval
+        return dict(
+            model=self.model.spec,
+            data=self.eval_data,
+            split=e.split,
+            prompt=e.prompt,
+            max_new_tokens=e.max_new_tokens,
+            batch_size=e.batch_size,
+            backend=e.backend,
+            engine=e.engine,
+            seed=self.seed,
+            headline=e.headline,
+            dtype=self.model.dtype,
+        )
+
 
 def _format_validation_error(e: ValidationError, source: str) -> str:
     err = e.errors()[0]

@@ -118,23 +118,8 @@ def _eval_gsm8k(cfg: RunConfig, out: Path, holder: _Model, *, sc: bool, progress
     from mathtune.evaluate import evaluate_gsm8k
 
     e = cfg.eval
-    kw: dict[str, Any] = dict(
-        model=cfg.model.spec,
-        adapter=str(holder.adapter) if holder.adapter else None,
-        data=cfg.eval_data,
-        split=e.split,
-        prompt=e.prompt,
-        max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size,
-        backend=e.backend,
-        engine=e.engine,
-        seed=cfg.seed,
-        headline=e.headline,
-        dtype=cfg.model.dtype,
-        output=out,
-        overwrite=False,
-        progress=progress,
-    )
+    kw: dict[str, Any] = cfg.gsm8k_eval_kwargs()
+    kw.update(adapter=str(holder.adapter) if holder.adapter else None, output=out, overwrite=False, progress=progress)
     if sc:
         kw.update(limit=e.sc_limit or e.limit, samples=e.self_consistency, temperature=e.sc_temperature, top_p=e.top_p)
     else:

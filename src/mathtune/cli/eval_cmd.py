@@ -28,23 +28,8 @@ def build_eval_settings(config: Path | None, sets: list[str] | None, flags: dict
         overrides.setdefault("eval", {}).update(eval_flags)
     cfg = load_config(config, overrides or None)  # validates, e.g. samples > 1 needs temperature > 0
     e = cfg.eval
-    return cfg, dict(
-        model=cfg.model.spec,
-        data=cfg.eval_data,
-        split=e.split,
-        limit=e.limit,
-        prompt=e.prompt,
-        samples=e.samples,
-        temperature=e.temperature,
-        top_p=e.top_p,
-        max_new_tokens=e.max_new_tokens,
-        batch_size=e.batch_size,
-        backend=e.backend,
-        engine=e.engine,
-        seed=cfg.seed,
-        headline=e.headline,
-        dtype=cfg.model.dtype,
-    )
+    decoding = dict(limit=e.limit, samples=e.samples, temperature=e.temperature, top_p=e.top_p)
+    return cfg, {**cfg.gsm8k_eval_kwargs(), **decoding}
 
 
 def _fmt(block: dict[str, Any] | None) -> str:

@@ -61,8 +61,7 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
     engine.allocate(slots, length)
     scratch = engine.length - 1  # written by idle slots, never read by a live row
     device = engine.device
-    max_stop_tokens = max((len(backend.tok(s, add_special_tokens=False)["input_ids"]) for s in stop), default=0)
-    tail = max_stop_tokens + 3
+    tail = backend._stop_tail(stop)
 
     # The shared prefix: every prompt keeps at least one token of its own (its logits start it).
     shared = min(common_prefix([r.ids for r in pending]), min(len(r.ids) for r in pending) - 1)
@@ -151,14 +150,9 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
         # ---- bookkeeping ---------------------------------------------------------------------
         done = []
         for s, row, t in zip(chosen_slots, chosen_rows, tokens, strict=True):
-            row.out.append(t)
-            if t in backend.eos_ids:
-                row.finish = "stop"
-            elif stop and backend._hit_stop(row.out[-tail:], stop):
-                row.finish, row.stop_hit = "stop", True
-            elif len(row.out) >= max_new_tokens or len(row.ids) + len(row.out) >= scratch:
-                row.finish = "length"
-            if row.finish is not None:
+            # A row also ends before its position reaches the scratch column (a prompt near the
+            # model's context length).
+            if backend._append(row, t, stop, tail, min(max_new_tokens, scratch - len(row.ids))):
                 done.append(row)
                 active[s] = None
                 running.discard(s)

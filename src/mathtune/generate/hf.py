@@ -181,8 +181,7 @@ class HFBackend:
     def _loop(self, pending, finish, temperature, top_p, max_new_tokens, stop) -> None:
         import torch
 
-        max_stop_tokens = max((len(self.tok(s, add_special_tokens=False)["input_ids"]) for s in stop), default=0)
-        tail = max_stop_tokens + 3
+        tail = self._stop_tail(stop)
         rows: list[_Row] = []  # rows in the batch, finished ones included until the next rebuild
         kv: _KV | None = None
         pos = logits = None
@@ -223,14 +222,7 @@ class HFBackend:
             for row, t in zip(rows, next_tok.tolist(), strict=True):
                 if row.finish is not None:
                     continue  # finished earlier, waiting for the next rebuild
-                row.out.append(t)
-                if t in self.eos_ids:
-                    row.finish = "stop"
-                elif stop and self._hit_stop(row.out[-tail:], stop):
-                    row.finish, row.stop_hit = "stop", True
-                elif len(row.out) >= max_new_tokens:
-                    row.finish = "length"
-                if row.finish is not None:
+                if self._append(row, t, stop, tail, max_new_tokens):
                     done.append(row)
             running = [r for r in rows if r.finish is None]
             if running:
@@ -296,6 +288,23 @@ class HFBackend:
         u = torch.stack([torch.rand(scaled.shape[-1], generator=r.generator, device=scaled.device) for r in rows])
         gumbel = -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
         return (scaled + gumbel).argmax(-1)
+
+    def _stop_tail(self, stop: list[str]) -> int:
+        """How many trailing tokens `_hit_stop` must decode to see any stop string (plus slack for
+        tokens that merge across the boundary)."""
+        return max((len(self.tok(s, add_special_tokens=False)["input_ids"]) for s in stop), default=0) + 3
+
+    def _append(self, row: _Row, t: int, stop: list[str], tail: int, max_out: int) -> bool:
+        """Add token `t` to `row` and decide whether it ended the row (EOS, a stop string, or
+        `max_out` tokens); returns True when it did. Shared by both decode paths."""
+        row.out.append(t)
+        if t in self.eos_ids:
+            row.finish = "stop"
+        elif stop and self._hit_stop(row.out[-tail:], stop):
+            row.finish, row.stop_hit = "stop", True
+        elif len(row.out) >= max_out:
+            row.finish = "length"
+        return row.finish is not None
 
     def _hit_stop(self, tail_ids: list[int], stop: list[str]) -> bool:
         text = self.tok.decode(tail_ids, skip_special_tokens=False)

@@ -52,14 +52,15 @@ def supports(model: Any) -> str | None:
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "unexpected module layout"
     for name, mod in base.named_modules():
-        if hasattr(mod, "lora_A") and (getattr(mod, "use_dora", {}) or {}).get(_active(mod)):
+        dora = getattr(mod, "use_dora", None) or {}
+        if hasattr(mod, "lora_A") and any(dora.get(a) for a in _active_adapters(mod)):
             return f"DoRA adapter on {name}"
     return None
 
 
-def _active(mod: Any) -> str:
+def _active_adapters(mod: Any) -> list[str]:
     act = getattr(mod, "active_adapters", None) or ["default"]
-    return act[0] if isinstance(act, list) else act
+    return act if isinstance(act, list) else [act]
 
 
 def _weight(linear: Any):
@@ -68,8 +69,7 @@ def _weight(linear: Any):
         w = linear.base_layer.weight.detach()
         bias = linear.base_layer.bias
         if not getattr(linear, "merged", False) and not getattr(linear, "disable_adapters", False):
-            adapters = linear.active_adapters if isinstance(linear.active_adapters, list) else [linear.active_adapters]
-            for a in adapters:
+            for a in _active_adapters(linear):
                 if a in linear.lora_A:
                     w = w + linear.get_delta_weight(a).to(w.dtype)
         return w, (bias.detach() if bias is not None else None)
@@ -117,7 +117,6 @@ class LlamaEngine:
         self.eps = cfg.rms_norm_eps
         self.inter = cfg.intermediate_size
         self.max_positions = cfg.max_position_embeddings
-        self.vocab = cfg.vocab_size
 
         def cast(t):
             return None if t is None else t.to(self.dtype).contiguous()
@@ -165,10 +164,6 @@ class LlamaEngine:
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.values = [torch.zeros(shape_t, dtype=self.dtype, device=self.device) for _ in self.layers]
         self._tables(length)
-
-    @property
-    def slots(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
 
     @property
     def length(self) -> int:
