@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mathtune.generate import cpu_kernels
+
 _MODEL_TYPES = {"llama", "mistral", "qwen2"}
 _ROPE_TYPES = {None, "default", "linear", "llama3"}  # position-only tables (no dynamic rescaling)
 
@@ -146,6 +148,13 @@ class LlamaEngine:
             self.screen_k = 8
             if self.screen:
                 self.prepare_screen()
+        # Decode attention in C (generate/cpu_kernels.py) where it builds; it wants values stored
+        # like keys, [L, head_dim] per head, while torch's bmm path is faster with them transposed.
+        self.kernel = (
+            self.dtype == torch.float32
+            and self.device.type == "cpu"
+            and cpu_kernels.available(self.group, self.head_dim)
+        )
         self._rotary = inner.rotary_emb
         self._cos = self._sin_signed = None
         self.keys: list[Any] = []
@@ -159,10 +168,10 @@ class LlamaEngine:
 
         length = min(length, self.max_positions)
         shape = (slots, self.n_kv, length, self.head_dim)
-        shape_t = (slots, self.n_kv, self.head_dim, length)  # values transposed: see `forward`
+        shape_v = shape if self.kernel else (slots, self.n_kv, self.head_dim, length)  # see `forward`
         # zeros, not empty: masked columns still meet V in probs @ V, and 0 * NaN garbage is NaN.
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.values = [torch.zeros(shape_t, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.values = [torch.zeros(shape_v, dtype=self.dtype, device=self.device) for _ in self.layers]
         self._tables(length)
 
     @property
@@ -174,22 +183,27 @@ class LlamaEngine:
 
         return 2 * len(self.layers) * self.n_kv * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
+    def _rows(self, vc):
+        """A layer's value cache as [slots, kv, L, head_dim], whichever way it is stored."""
+        return vc if self.kernel else vc.transpose(-1, -2)
+
     def copy_slot(self, src: int, dst: int, n: int) -> None:
         """Copy the first `n` cached positions of slot `src` to slot `dst`."""
-        for k, v in zip(self.keys, self.values, strict=True):
+        for k, v in zip(self.keys, map(self._rows, self.values), strict=True):
             k[dst, :, :n] = k[src, :, :n]
-            v[dst, :, :, :n] = v[src, :, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
 
     def save_prefix(self, slot: int, n: int) -> list[tuple[Any, Any]]:
         return [
-            (k[slot, :, :n].clone(), v[slot, :, :, :n].clone()) for k, v in zip(self.keys, self.values, strict=True)
+            (k[slot, :, :n].clone(), v[slot, :, :n].clone())
+            for k, v in zip(self.keys, map(self._rows, self.values), strict=True)
         ]
 
     def load_prefix(self, saved: list[tuple[Any, Any]], slot: int) -> None:
-        for (pk, pv), k, v in zip(saved, self.keys, self.values, strict=True):
+        for (pk, pv), k, v in zip(saved, self.keys, map(self._rows, self.values), strict=True):
             n = pk.shape[1]
             k[slot, :, :n] = pk
-            v[slot, :, :, :n] = pv
+            v[slot, :, :n] = pv
 
     def _tables(self, length: int) -> None:
         import torch
@@ -242,7 +256,7 @@ class LlamaEngine:
         sin = self._sin_signed[pos_t][:, None]
         nq, nkv, hd, g = self.n_heads, self.n_kv, self.head_dim, self.group
         h = nq * hd
-        if n_dec:
+        if n_dec and not self.kernel:
             width = width or int(dec_pos.max()) + 1
             cols = torch.arange(width, device=self.device)
             allowed = cols[None] <= dec_pos[:, None].clamp(max=width - 1)
@@ -262,9 +276,14 @@ class LlamaEngine:
             q, k = qk[:, :nq], qk[:, nq:]
             v = qkv[:, h + nkv * hd :].view(-1, nkv, hd)
             kc[slot_t, :, pos_t] = k
-            vc[slot_t, :, :, pos_t] = v
+            self._rows(vc)[slot_t, :, pos_t] = v
             out = torch.empty((x.shape[0], nq, hd), dtype=self.dtype, device=self.device)
-            if n_dec:
+            if n_dec and self.kernel:
+                # idle slots sit at the scratch position, the last one: the kernel skips them
+                out[:n_dec] = cpu_kernels.decode_attention(
+                    q[:n_dec], kc, vc, dec_pos, idle_pos=self.length - 1, scale=self.scale
+                )
+            elif n_dec:
                 qd = q[:n_dec].reshape(n_dec * nkv, g, hd)
                 keys = kc[:n_dec, :, :width].reshape(n_dec * nkv, width, hd)  # views: slots are contiguous
                 vals_t = vc[:n_dec, :, :, :width].reshape(n_dec * nkv, hd, width)
@@ -395,7 +414,7 @@ class LlamaEngine:
         if start:
             slot = group[0][0].slot
             kp = torch.cat([kc[slot, :, :start].expand(n, -1, -1, -1), kp], dim=2)
-            vp = torch.cat([vc[slot, :, :, :start].transpose(-1, -2).expand(n, -1, -1, -1), vp], dim=2)
+            vp = torch.cat([self._rows(vc)[slot, :, :start].expand(n, -1, -1, -1), vp], dim=2)
         scores = torch.matmul(qp, kp[:, :, None].transpose(-1, -2)).float() * self.scale  # [n, kv, g, T, S+T]
         rows = torch.arange(tmax, device=dev)
         cols = torch.arange(start + tmax, device=dev) - start
@@ -414,7 +433,7 @@ class LlamaEngine:
         t = q.shape[0]
         n = start + t
         qg = q.transpose(0, 1).reshape(self.n_kv, self.group, t, self.head_dim).to(self.dtype)
-        keys, vals = kc[:, None, :n], vc[:, None, :, :n].transpose(-1, -2)  # [kv, 1, n, D], over the group
+        keys, vals = kc[:, None, :n], self._rows(vc)[:, None, :n]  # [kv, 1, n, D], over the group
         scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scale
         causal = torch.ones((t, n), dtype=torch.bool, device=q.device).tril(start)
         scores.masked_fill_(~causal, float("-inf"))
