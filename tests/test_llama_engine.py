@@ -113,7 +113,7 @@ def test_greedy_screening_returns_the_exact_argmax_even_for_near_ties():
     head = eng.lm_head
     for j in range(1, 40):  # tokens 1..39: near-copies of token 0
         head[j] = head[0] + 1e-3 * torch.randn(head.shape[1], generator=g)
-    eng.prepare_screen()
+    eng.prepare_head()
     h = torch.randn((500, head.shape[1]), generator=g) * 3
     h[:250] = head[0] * 4 + torch.randn((250, head.shape[1]), generator=g)  # token 0's group wins
     exact = h.double() @ head.double().T
