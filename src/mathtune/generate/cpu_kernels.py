@@ -1,14 +1,16 @@
-"""CPU kernels in C for the fast engine, compiled on first use and loaded with ctypes.
+"""CPU kernels in C for the fast engine's fp32 path, compiled on first use and loaded with ctypes.
 
-torch has no fused decode attention for CPUs that reads each row's own cache length; the one
-kernel here does (kernels/decode_attention.c). It is plain C with AVX-512 intrinsics and OpenMP,
+torch has no attention for CPUs that reads each row's own cache length, and its small ops cost a
+pass over memory and a thread fork each; the kernels in kernels/engine_kernels.c do attention,
+rotary + cache writes, RMSNorm and SiLU-times-up in one pass each. They are plain C with AVX-512
+intrinsics and OpenMP,
 built with the system C compiler for this CPU (`-march=native`) into mathtune's cache directory,
 keyed by the source, the flags and the CPU, so a shared home directory never hands one machine
 another's build. It links the OpenMP runtime by soname, so inside a process that has loaded torch
 it shares torch's thread pool instead of starting a second one.
 
-Anything missing (no compiler, no AVX-512, a failed build) leaves `decode_attention()` returning
-None, and the engine keeps its torch path; `MATHTUNE_KERNELS=0` forces that.
+Anything missing (no compiler, no AVX-512, a failed build) makes `available()` false, and the
+engine keeps its torch path; `MATHTUNE_KERNELS=0` forces that.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "kernels" / "decode_attention.c"
+_SOURCE = Path(__file__).parent / "kernels" / "engine_kernels.c"
+# -std=c11: no FMA contraction of `a * b + c * d`, so elementwise formulas round as in torch
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
 
@@ -44,7 +47,7 @@ def _build(compiler: str) -> Path:
 
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode() + _cpu_key().encode()).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"decode_attention-{key}.so"
+    out = cache_dir() / "kernels" / f"engine_kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +55,7 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=120
+            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True, timeout=120
         )
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
@@ -80,37 +83,89 @@ def _library() -> Any:
     if not lib.mt_available():
         log.info("this CPU has no AVX-512: the fast engine uses torch attention")
         return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.mt_decode_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
-    lib.mt_decode_attention.restype = ctypes.c_int
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32]
+    lib.mt_attention.restype = ctypes.c_int
+    lib.mt_rope_store.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
+    lib.mt_rope_store.restype = None
+    lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32]
+    lib.mt_rms_norm.restype = None
+    lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64]
+    lib.mt_silu_mul.restype = None
     return lib
 
 
 def available(group: int, head_dim: int) -> bool:
-    """Whether `decode_attention` runs here for this attention shape (query heads per KV head,
-    head size)."""
+    """Whether the kernels run here for this attention shape (query heads per KV head, head size)."""
     return 1 <= group <= 16 and head_dim % 16 == 0 and head_dim <= 256 and _library() is not None
 
 
-def decode_attention(q, kc, vc, pos, *, idle_pos: int, scale: float):
-    """Attention of one query token per row over that row's cached positions 0..pos[row].
-
-    q: [n, heads, hd] fp32 with unit strides inside a row (a view into the fused qkv is fine);
-    kc, vc: one layer's keys and values, [slots, kv, L, hd] each, contiguous; pos: [n] int64, with
-    `idle_pos` marking rows to skip (their output is zeros). Returns [n, heads, hd]. The shapes
-    must pass `available` first."""
+def _check(*tensors) -> None:
     import torch
 
-    lib = _library()
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1:
+            raise ValueError("engine kernels take fp32 CPU tensors with unit stride in the last dim")
+
+
+def _index(t):
+    import torch
+
+    return t.to(torch.int64).contiguous()
+
+
+def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float):
+    """Attention of each query token r over positions 0..pos[r] of cache slot slot[r].
+
+    q: [n, heads, hd] (a view into the fused qkv is fine: rows may be strided); kc, vc: one
+    layer's keys and values, [slots, kv, L, hd] each, contiguous. Rows with pos == idle_pos
+    output zeros. Returns [n, heads, hd]. The shapes must pass `available` first."""
+    import torch
+
+    _check(q, kc, vc)
     n, heads, hd = q.shape
-    slots, nkv, length, _ = kc.shape
-    if lib is None or q.dtype != torch.float32 or kc.dtype != torch.float32 or vc.shape != kc.shape:
-        raise ValueError("decode_attention: fp32 CPU tensors with keys and values of one shape")
-    if n > slots or q.stride(2) != 1 or q.stride(1) != hd or not (kc.is_contiguous() and vc.is_contiguous()):
-        raise ValueError("decode_attention: unexpected strides")
-    pos = pos.to(torch.int64).contiguous()
+    _, nkv, length, _ = kc.shape
+    if q.stride(1) != hd or not (kc.is_contiguous() and vc.is_contiguous()) or vc.shape != kc.shape:
+        raise ValueError("attention: unexpected layout")
+    slot, pos = _index(slot), _index(pos)
     out = torch.empty((n, heads, hd), dtype=torch.float32)
-    args = (q.stride(0), kc.data_ptr(), vc.data_ptr(), pos.data_ptr(), out.data_ptr(), n, nkv, heads // nkv, hd)
-    if lib.mt_decode_attention(q.data_ptr(), *args, length, idle_pos, scale) != 0:
-        raise MemoryError("decode_attention: shapes not handled or no memory for the score buffers")
+    args = (kc.data_ptr(), vc.data_ptr(), slot.data_ptr(), pos.data_ptr(), out.data_ptr(), n, nkv, heads // nkv, hd)
+    if _library().mt_attention(q.data_ptr(), q.stride(0), *args, length, idle_pos, scale) != 0:
+        raise MemoryError("attention kernel: shapes not handled or no memory for its score buffers")
+    return out
+
+
+def rope_store(qkv, *, n_heads: int, n_kv: int, head_dim: int, cos, sin, slot, pos, kc, vc) -> None:
+    """Rotary embedding applied in place to the query and key heads of qkv [T, width] (rows
+    contiguous), and each token's key and value written to kc/vc [slots, kv, L, hd] at
+    (slot[t], pos[t]). cos, sin: [positions, hd] tables."""
+    _check(qkv, cos, sin, kc, vc)
+    if not (qkv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()):
+        raise ValueError("rope_store: qkv and the tables must be contiguous")
+    slot, pos = _index(slot), _index(pos)
+    _library().mt_rope_store(
+        qkv.data_ptr(), qkv.shape[0], qkv.shape[1], n_heads, n_kv, head_dim, cos.data_ptr(), sin.data_ptr(),
+        slot.data_ptr(), pos.data_ptr(), kc.data_ptr(), vc.data_ptr(), kc.shape[2],
+    )  # fmt: skip
+
+
+def rms_norm(x, weight, eps: float):
+    """transformers' RMSNorm of each row of x [T, n] (fp32)."""
+    import torch
+
+    x, weight = x.contiguous(), weight.float().contiguous()
+    _check(x, weight)
+    out = torch.empty_like(x)
+    _library().mt_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
+    return out
+
+
+def silu_mul(gu, inter: int):
+    """silu(gu[:, :inter]) * gu[:, inter:] for gu [T, 2 * inter] (rows contiguous)."""
+    import torch
+
+    gu = gu.contiguous()
+    _check(gu)
+    out = torch.empty((gu.shape[0], inter), dtype=torch.float32)
+    _library().mt_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter)
     return out

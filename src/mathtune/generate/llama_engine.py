@@ -20,7 +20,7 @@ LoRA adapters (PEFT) are folded into the weights at construction; the model itse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mathtune.generate import cpu_kernels
@@ -90,6 +90,22 @@ class _Layer:
 
 
 @dataclass
+class _Step:
+    """Per-step inputs every layer's attention uses; the torch path's extras are filled by
+    `LlamaEngine._prepare_torch_step`."""
+
+    slot: Any  # [T] cache slot of each token
+    pos: Any  # [T] position of each token
+    n_dec: int
+    dec_pos: Any
+    width: int = 0
+    mask: Any = None
+    groups: list = field(default_factory=list)
+    cos: Any = None
+    sin: Any = None
+
+
+@dataclass
 class Prefill:
     """A prompt (or the part of it after `start` cached tokens) to run into cache slot `slot`."""
 
@@ -106,7 +122,7 @@ def _onednn_pack(w):
 
 
 class LlamaEngine:
-    def __init__(self, model: Any, *, dtype: Any = None, onednn: bool = True):
+    def __init__(self, model: Any, *, dtype: Any = None, onednn: bool = True, kernels: bool = True):
         import torch
 
         reason = supports(model)
@@ -166,7 +182,8 @@ class LlamaEngine:
         # Decode attention in C (generate/cpu_kernels.py) where it builds; it wants values stored
         # like keys, [L, head_dim] per head, while torch's bmm path is faster with them transposed.
         self.kernel = (
-            self.dtype == torch.float32
+            kernels
+            and self.dtype == torch.float32
             and self.device.type == "cpu"
             and cpu_kernels.available(self.group, self.head_dim)
         )
@@ -184,9 +201,11 @@ class LlamaEngine:
         length = min(length, self.max_positions)
         shape = (slots, self.n_kv, length, self.head_dim)
         shape_v = shape if self.kernel else (slots, self.n_kv, self.head_dim, length)  # see `forward`
-        # zeros, not empty: masked columns still meet V in probs @ V, and 0 * NaN garbage is NaN.
-        self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.values = [torch.zeros(shape_v, dtype=self.dtype, device=self.device) for _ in self.layers]
+        # The torch path needs zeros, not garbage: masked columns still meet V in probs @ V, and
+        # 0 * NaN is NaN. The kernels read only written positions; untouched pages then cost nothing.
+        new = torch.empty if self.kernel else torch.zeros
+        self.keys = [new(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.values = [new(shape_v, dtype=self.dtype, device=self.device) for _ in self.layers]
         self._tables(length)
 
     @property
@@ -228,7 +247,8 @@ class LlamaEngine:
         pos = torch.arange(length, device=self.device)[None]
         probe = torch.empty(1, dtype=torch.float32, device=self.device)
         cos, sin = self._rotary(probe, pos)  # transformers' own tables (rope scaling included)
-        self._cos, sin = cos[0].float(), sin[0].float()
+        self._cos, sin = cos[0].float().contiguous(), sin[0].float().contiguous()
+        self._sin = sin
         half = sin.shape[-1] // 2
         self._sin_signed = sin.clone()
         self._sin_signed[:, :half] = -sin[:, :half]
@@ -266,66 +286,87 @@ class LlamaEngine:
             [torch.arange(n_dec, device=self.device)]
             + [torch.full((len(p.ids),), p.slot, dtype=torch.long, device=self.device) for p in prefills]
         )
-        groups = self._prefill_groups(prefills, spans)
-        cos = self._cos[pos_t][:, None]  # [T, 1, D]
-        sin = self._sin_signed[pos_t][:, None]
-        nq, nkv, hd, g = self.n_heads, self.n_kv, self.head_dim, self.group
-        h = nq * hd
-        if n_dec and not self.kernel:
-            width = width or int(dec_pos.max()) + 1
-            cols = torch.arange(width, device=self.device)
-            allowed = cols[None] <= dec_pos[:, None].clamp(max=width - 1)
-            # One additive mask per step, shaped like the attention scores [rows * kv, group, width].
-            mask = torch.zeros((n_dec, nkv * g, width), dtype=torch.float32, device=self.device)
-            mask.masked_fill_(~allowed[:, None], float("-inf"))
-            mask = mask.view(n_dec * nkv, g, width)
-
+        step = _Step(slot_t, pos_t, n_dec, dec_pos)
+        if not self.kernel:
+            self._prepare_torch_step(step, prefills, spans, width)
         x = F.embedding(ids_t, self.embed).float()
         for li, layer in enumerate(self.layers):
             kc, vc = self.keys[li], self.values[li]
             qkv = _linear(self._norm(x, layer.ln1), layer.wqkv, layer.bqkv)
-            # Rotary on q and k at once; rotate_half(x) * sin == roll(x, D/2) * (sin with its first
-            # half negated), exactly (a sign flip does not round).
-            qk = qkv[:, : h + nkv * hd].view(-1, nq + nkv, hd).float()
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin).to(self.dtype)
-            q, k = qk[:, :nq], qk[:, nq:]
-            v = qkv[:, h + nkv * hd :].view(-1, nkv, hd)
-            kc[slot_t, :, pos_t] = k
-            self._rows(vc)[slot_t, :, pos_t] = v
-            out = torch.empty((x.shape[0], nq, hd), dtype=self.dtype, device=self.device)
-            if n_dec and self.kernel:
-                # idle slots sit at the scratch position, the last one: the kernel skips them
-                out[:n_dec] = cpu_kernels.decode_attention(
-                    q[:n_dec], kc, vc, dec_pos, idle_pos=self.length - 1, scale=self.scale
-                )
-            elif n_dec:
-                qd = q[:n_dec].reshape(n_dec * nkv, g, hd)
-                keys = kc[:n_dec, :, :width].reshape(n_dec * nkv, width, hd)  # views: slots are contiguous
-                vals_t = vc[:n_dec, :, :, :width].reshape(n_dec * nkv, hd, width)
-                # K @ q^T reads the keys in rows (faster than q @ K^T here); the add transposes back.
-                scores = torch.add(mask, torch.bmm(keys, qd.transpose(1, 2)).transpose(1, 2).float(), alpha=self.scale)
-                probs = scores.softmax(-1).to(self.dtype)
-                # V^T @ P^T: with values stored transposed, this reads them in rows (25% faster
-                # than P @ V on a CPU, where this step is bound by reading the cache).
-                out[:n_dec] = (
-                    torch.bmm(vals_t, probs.transpose(1, 2))
-                    .view(n_dec, nkv, hd, g)
-                    .transpose(2, 3)
-                    .reshape(n_dec, nq, hd)
-                )
-            for group in groups:
-                if len(group) == 1:
-                    p, (a, b) = group[0]
-                    out[a:b] = self._prefill_attention(q[a:b], kc[p.slot], vc[p.slot], p.start)
-                else:
-                    self._prefill_attention_batched(q, k, v, kc, vc, group, out)
-            x = self._project_add(x, out.view(-1, h), layer.wo)
+            out = self._attend_kernel(qkv, kc, vc, step) if self.kernel else self._attend_torch(qkv, kc, vc, step)
+            x = self._project_add(x, out.view(x.shape[0], -1), layer.wo)
             gu = _linear(self._norm(x, layer.ln2), layer.wgu)
-            x = self._project_add(x, F.silu(gu[:, : self.inter]) * gu[:, self.inter :], layer.wd)
+            if self.kernel:
+                act = cpu_kernels.silu_mul(gu, self.inter)
+            else:
+                act = F.silu(gu[:, : self.inter]) * gu[:, self.inter :]
+            x = self._project_add(x, act, layer.wd)
         if spans:
             last = torch.tensor([b - 1 for _, b in spans], dtype=torch.long, device=self.device)
             x = x[torch.cat([torch.arange(n_dec, device=self.device), last])]
         return self._norm(x, self.norm)
+
+    def _attend_kernel(self, qkv, kc, vc, step: _Step):
+        """Rotary, cache writes and attention of every token of the step, in C."""
+        nq, hd = self.n_heads, self.head_dim
+        cpu_kernels.rope_store(
+            qkv, n_heads=nq, n_kv=self.n_kv, head_dim=hd, cos=self._cos, sin=self._sin,
+            slot=step.slot, pos=step.pos, kc=kc, vc=vc,
+        )  # fmt: skip
+        q = qkv[:, : nq * hd].view(-1, nq, hd)
+        # idle decode slots sit at the scratch position, the last one: the kernel skips them
+        return cpu_kernels.attention(q, kc, vc, step.slot, step.pos, idle_pos=self.length - 1, scale=self.scale)
+
+    def _prepare_torch_step(self, step: _Step, prefills: list[Prefill], spans, width: int | None) -> None:
+        """What `_attend_torch` shares across layers: rotary rows, the decode mask, prompt groups."""
+        import torch
+
+        step.groups = self._prefill_groups(prefills, spans)
+        step.cos = self._cos[step.pos][:, None]  # [T, 1, D]
+        step.sin = self._sin_signed[step.pos][:, None]
+        if step.n_dec:
+            step.width = width or int(step.dec_pos.max()) + 1
+            cols = torch.arange(step.width, device=self.device)
+            allowed = cols[None] <= step.dec_pos[:, None].clamp(max=step.width - 1)
+            # One additive mask per step, shaped like the attention scores [rows * kv, group, width].
+            mask = torch.zeros((step.n_dec, self.n_heads, step.width), dtype=torch.float32, device=self.device)
+            mask.masked_fill_(~allowed[:, None], float("-inf"))
+            step.mask = mask.view(step.n_dec * self.n_kv, self.group, step.width)
+
+    def _attend_torch(self, qkv, kc, vc, step: _Step):
+        """`_attend_kernel` in torch ops, for other dtypes and devices, or where the kernels don't build."""
+        import torch
+
+        nq, nkv, hd, g = self.n_heads, self.n_kv, self.head_dim, self.group
+        h, n_dec, width = nq * hd, step.n_dec, step.width
+        # Rotary on q and k at once; rotate_half(x) * sin == roll(x, D/2) * (sin with its first
+        # half negated), exactly (a sign flip does not round).
+        qk = qkv[:, : h + nkv * hd].view(-1, nq + nkv, hd).float()
+        qk = torch.addcmul(qk * step.cos, qk.roll(hd // 2, dims=-1), step.sin).to(self.dtype)
+        q, k = qk[:, :nq], qk[:, nq:]
+        v = qkv[:, h + nkv * hd :].view(-1, nkv, hd)
+        kc[step.slot, :, step.pos] = k
+        self._rows(vc)[step.slot, :, step.pos] = v
+        out = torch.empty((qkv.shape[0], nq, hd), dtype=self.dtype, device=self.device)
+        if n_dec:
+            qd = q[:n_dec].reshape(n_dec * nkv, g, hd)
+            keys = kc[:n_dec, :, :width].reshape(n_dec * nkv, width, hd)  # views: slots are contiguous
+            vals_t = vc[:n_dec, :, :, :width].reshape(n_dec * nkv, hd, width)
+            # K @ q^T reads the keys in rows (faster than q @ K^T here); the add transposes back.
+            scores = torch.add(step.mask, torch.bmm(keys, qd.transpose(1, 2)).transpose(1, 2).float(), alpha=self.scale)
+            probs = scores.softmax(-1).to(self.dtype)
+            # V^T @ P^T: with values stored transposed, this reads them in rows (25% faster
+            # than P @ V on a CPU, where this step is bound by reading the cache).
+            out[:n_dec] = (
+                torch.bmm(vals_t, probs.transpose(1, 2)).view(n_dec, nkv, hd, g).transpose(2, 3).reshape(n_dec, nq, hd)
+            )
+        for group in step.groups:
+            if len(group) == 1:
+                p, (a, b) = group[0]
+                out[a:b] = self._prefill_attention(q[a:b], kc[p.slot], vc[p.slot], p.start)
+            else:
+                self._prefill_attention_batched(q, k, v, kc, vc, group, out)
+        return out
 
     def _project_add(self, x, a, w):
         """x + a @ w.T; in fp32 one call (the residual add rides on the matmul)."""
@@ -460,9 +501,11 @@ class LlamaEngine:
         return out.reshape(self.n_heads, t, self.head_dim).transpose(0, 1)
 
     def _norm(self, x, weight):
-        """transformers' RMSNorm (x / rms(x) * weight, in fp32) as torch's fused kernel."""
+        """transformers' RMSNorm (x / rms(x) * weight, in fp32): in C, or torch's kernel."""
         import torch.nn.functional as F  # noqa: N812
 
+        if self.kernel:
+            return cpu_kernels.rms_norm(x, weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), weight.float(), self.eps).to(self.dtype)
 
 

@@ -1,0 +1,227 @@
+/* CPU kernels of the fast engine (generate/llama_engine.py) for its fp32 path.
+
+Why C: after the matmuls, a decode step on a CPU is a long tail of small torch ops per layer
+(norms, rotary, cache scatters, masks, softmax, activation), each one a pass over memory and an
+OpenMP fork; and torch's batched attention reads every row's cache up to the widest row. Each
+kernel here does one of those jobs in one pass, and attention reads each row's own positions once.
+Numerics follow transformers' fp32 Llama: the same formulas and rounding steps; only summation
+order and the exp polynomial (about 1 ulp) differ, which moves results in the last bits, as any
+other matmul order does. Built by generate/cpu_kernels.py with -std=c11 (no FMA contraction, so
+`a * b - c * d` rounds as torch's elementwise ops do).
+
+Layouts (those of LlamaEngine):
+  qkv  [T, width]: per token nq query heads, nkv key heads, nkv value heads of hd floats each
+  kc   [slots, nkv, L, hd] keys; vc [slots, nkv, L, hd] values
+  cos, sin [positions, hd]: transformers' rotary tables
+Query head j * group + i attends with KV head j (transformers' repeat_kv order). */
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+int mt_available(void) { return 1; }
+
+/* expf, Cephes' polynomial (about 1 ulp); below -87.3 it returns exp(-87.3) ~ 1e-38 instead of
+   a denormal, above 88.7 infinity. */
+static inline __m512 exp_any(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.8f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+
+static inline __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+#define MAX_GROUP 16
+#define MAX_HD 256
+
+static inline __attribute__((always_inline)) void one_head_group(const float *q, const float *K, const float *V, float *o, float *s, int64_t len,
+                           int64_t group, int64_t hd, int64_t sp, float scale) {
+    const int64_t nv = hd / 16;
+    /* scores: s[i * sp + t] = scale * q_i . K_t */
+    for (int64_t t = 0; t < len; ++t) {
+        const float *kt = K + t * hd;
+        for (int64_t i = 0; i < group; ++i) {
+            const float *qi = q + i * hd;
+            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_loadu_ps(kt));
+            for (int64_t c = 1; c < nv; ++c)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * c), _mm512_loadu_ps(kt + 16 * c), acc);
+            s[i * sp + t] = _mm512_reduce_add_ps(acc) * scale;
+        }
+    }
+    /* softmax per query head */
+    float inv[MAX_GROUP];
+    for (int64_t i = 0; i < group; ++i) {
+        float *si = s + i * sp;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < len; t += 16)
+            mx = _mm512_mask_max_ps(mx, tail_mask(len - t), mx, _mm512_loadu_ps(si + t));
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t t = 0; t < len; t += 16) {
+            __mmask16 k = tail_mask(len - t);
+            __m512 e = _mm512_maskz_mov_ps(k, exp_any(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, si + t), m)));
+            _mm512_storeu_ps(si + t, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    /* out_i = sum_t p_i[t] V_t: V row by row, every query head of the group accumulating in
+       registers (no reductions) */
+    __m512 acc[MAX_GROUP][MAX_HD / 16];
+    for (int64_t i = 0; i < group; ++i)
+        for (int64_t c = 0; c < nv; ++c) acc[i][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+        const float *vt = V + t * hd;
+        for (int64_t c = 0; c < nv; ++c) {
+            const __m512 v = _mm512_loadu_ps(vt + 16 * c);
+            for (int64_t i = 0; i < group; ++i) acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[i * sp + t]), v, acc[i][c]);
+        }
+    }
+    for (int64_t i = 0; i < group; ++i)
+        for (int64_t c = 0; c < nv; ++c) _mm512_storeu_ps(o + i * hd + 16 * c, _mm512_mul_ps(acc[i][c], _mm512_set1_ps(inv[i])));
+}
+
+/* The common (group, head_dim) pairs get their own copies, so the compiler keeps the per-head
+   accumulators in registers (with a runtime group they live in memory: 3x slower here). */
+#define SPECIAL(G, HD)                                                                                       \
+    static void head_group_##G##_##HD(const float *q, const float *K, const float *V, float *o, float *s, \
+                                      int64_t len, int64_t sp, float scale) {                   \
+        one_head_group(q, K, V, o, s, len, G, HD, sp, scale);                                          \
+    }
+SPECIAL(1, 64) SPECIAL(2, 64) SPECIAL(3, 64) SPECIAL(4, 64) SPECIAL(6, 64) SPECIAL(7, 64) SPECIAL(8, 64)
+SPECIAL(1, 128) SPECIAL(2, 128) SPECIAL(3, 128) SPECIAL(4, 128) SPECIAL(6, 128) SPECIAL(7, 128) SPECIAL(8, 128)
+
+static void head_group(const float *q, const float *K, const float *V, float *o, float *s, int64_t len,
+                       int64_t group, int64_t hd, int64_t sp, float scale) {
+#define CASE(G, HD) \
+    if (group == G && hd == HD) return head_group_##G##_##HD(q, K, V, o, s, len, sp, scale);
+    CASE(1, 64) CASE(2, 64) CASE(3, 64) CASE(4, 64) CASE(6, 64) CASE(7, 64) CASE(8, 64)
+    CASE(1, 128) CASE(2, 128) CASE(3, 128) CASE(4, 128) CASE(6, 128) CASE(7, 128) CASE(8, 128)
+#undef CASE
+    one_head_group(q, K, V, o, s, len, group, hd, sp, scale);
+}
+
+/* Attention of n query tokens, each over positions 0..pos[r] of cache slot slot[r]: decode rows
+   (one token per slot) and prompt tokens (many per slot, causal through their positions) alike.
+   q: token r's heads at q + r * q_stride. pos[r] == idle_pos marks an idle decode slot: its output
+   is zeros. out: [n, nkv * group, hd]. Returns 0, or -1 (shapes not handled, or no memory). */
+int mt_attention(const float *q, int64_t q_stride, const float *kc, const float *vc, const int64_t *slot,
+                 const int64_t *pos, float *out, int64_t n, int64_t nkv, int64_t group, int64_t hd, int64_t L,
+                 int64_t idle_pos, float scale) {
+    if (hd % 16 != 0 || hd > MAX_HD || group > MAX_GROUP || group < 1) return -1;
+    const int64_t sp = (L + 15) / 16 * 16;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *s = (float *)aligned_alloc(64, (size_t)(group * sp) * sizeof(float));
+        if (s == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t task = 0; task < n * nkv; ++task) {
+            if (s == NULL) continue;
+            const int64_t r = task / nkv, j = task % nkv;
+            float *o = out + (r * nkv + j) * group * hd;
+            if (pos[r] == idle_pos || pos[r] < 0 || pos[r] >= L) {
+                memset(o, 0, (size_t)(group * hd) * sizeof(float));
+                continue;
+            }
+            const int64_t base = (slot[r] * nkv + j) * L * hd;
+            head_group(q + r * q_stride + j * group * hd, kc + base, vc + base, o, s, pos[r] + 1, group, hd, sp, scale);
+        }
+        free(s);
+    }
+    return failed ? -1 : 0;
+}
+
+/* Rotary embedding of the query and key heads of each token, in place in qkv, then the token's
+   key and value written to its cache slot at its position. As transformers computes it:
+   x * cos + rotate_half(x) * sin, each product rounded, then added. */
+void mt_rope_store(float *qkv, int64_t T, int64_t width, int64_t nq, int64_t nkv, int64_t hd, const float *cos_t,
+                   const float *sin_t, const int64_t *slot, const int64_t *pos, float *kc, float *vc, int64_t L) {
+    const int64_t half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        const float *c = cos_t + pos[t] * hd, *sn = sin_t + pos[t] * hd;
+        float *row = qkv + t * width;
+        for (int64_t h = 0; h < nq + nkv; ++h) {
+            float *x = row + h * hd;
+            for (int64_t d = 0; d < half; ++d) {
+                const float x1 = x[d], x2 = x[d + half];
+                const float a1 = x1 * c[d], b1 = x2 * sn[d];
+                const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
+                x[d] = a1 - b1;
+                x[d + half] = a2 + b2;
+            }
+        }
+        for (int64_t j = 0; j < nkv; ++j) {
+            const int64_t at = ((slot[t] * nkv + j) * L + pos[t]) * hd;
+            memcpy(kc + at, row + (nq + j) * hd, (size_t)hd * sizeof(float));
+            memcpy(vc + at, row + (nq + nkv + j) * hd, (size_t)hd * sizeof(float));
+        }
+    }
+}
+
+/* out = (x * rsqrt(mean(x^2) + eps)) * w per row of n floats (transformers' LlamaRMSNorm). */
+void mt_rms_norm(const float *x, const float *w, float *out, int64_t T, int64_t n, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        const float *xr = x + t * n;
+        float *o = out + t * n;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < n; d += 16) {
+            const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - d), xr + d);
+            acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        const float r = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps);
+        for (int64_t d = 0; d < n; ++d) {
+            const float y = xr[d] * r;
+            o[d] = y * w[d];
+        }
+    }
+}
+
+/* out[t, :inter] = silu(gu[t, :inter]) * gu[t, inter:], silu(g) = g / (1 + exp(-g)) as torch. */
+void mt_silu_mul(const float *gu, float *out, int64_t T, int64_t inter) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        const float *g = gu + t * 2 * inter, *u = g + inter;
+        float *o = out + t * inter;
+        for (int64_t d = 0; d < inter; d += 16) {
+            const __mmask16 k = tail_mask(inter - d);
+            const __m512 x = _mm512_maskz_loadu_ps(k, g + d);
+            const __m512 e = exp_any(_mm512_sub_ps(_mm512_setzero_ps(), x));
+            const __m512 si = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            _mm512_mask_storeu_ps(o + d, k, _mm512_mul_ps(si, _mm512_maskz_loadu_ps(k, u + d)));
+        }
+    }
+}
+
+#else /* no AVX-512: the engine keeps its torch path */
+
+int mt_available(void) { return 0; }
+int mt_attention(void) { return -1; }
+void mt_rope_store(void) {}
+void mt_rms_norm(void) {}
+void mt_silu_mul(void) {}
+
+#endif
