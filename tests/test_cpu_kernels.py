@@ -1,0 +1,105 @@
+"""The fast engine's C kernels compute what transformers' fp32 Llama computes, and fail over cleanly."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mathtune.generate import cpu_kernels  # noqa: E402
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.available(1, 16), reason="the C kernels do not build here")
+
+
+def _reference_attention(q, kc, vc, slot, pos, scale):
+    """fp64 softmax(q K^T * scale) V per token over its slot's positions 0..pos, GQA as transformers."""
+    n, heads, hd = q.shape
+    nkv = kc.shape[1]
+    g = heads // nkv
+    out = torch.zeros((n, heads, hd), dtype=torch.float64)
+    for r in range(n):
+        for h in range(heads):
+            j = h // g  # repeat_kv: query head h reads KV head h // group
+            keys, vals = kc[slot[r], j, : pos[r] + 1].double(), vc[slot[r], j, : pos[r] + 1].double()
+            out[r, h] = ((q[r, h].double() @ keys.T) * scale).softmax(-1) @ vals
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize(("nkv", "group", "hd"), [(3, 3, 64), (2, 1, 16), (1, 7, 128), (2, 5, 32)])
+def test_attention_matches_fp64_per_slot_and_length(nkv, group, hd):
+    # (2, 5, 32) has no specialised copy in the C file: the generic loop runs.
+    g = torch.Generator().manual_seed(0)
+    slots, length = 4, 70
+    kc = torch.randn((slots, nkv, length, hd), generator=g) * 3  # sharp softmax: exp accuracy matters
+    vc = torch.randn((slots, nkv, length, hd), generator=g)
+    qkv = torch.randn((6, nkv * group * hd + 2 * nkv * hd), generator=g) * 3
+    q = qkv[:, : nkv * group * hd].view(6, nkv * group, hd)  # strided rows, as in the engine
+    slot = torch.tensor([0, 1, 2, 3, 1, 1])
+    pos = torch.tensor([0, 15, 16, 68, 33, length - 1])  # lengths around the 16-lane blocks; last: idle
+    got = cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=hd**-0.5)
+    want = _reference_attention(q[:5], kc, vc, slot, pos, hd**-0.5)
+    assert float((got[:5].double() - want).abs().max()) < 1e-5
+    assert torch.equal(got[5], torch.zeros_like(got[5]))  # the idle row is skipped
+
+
+@needs_kernels
+def test_rope_store_is_bit_identical_to_transformers_rotary():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = torch.Generator().manual_seed(1)
+    nq, nkv, hd, length = 6, 2, 16, 40
+    qkv = torch.randn((5, (nq + 2 * nkv) * hd), generator=g)
+    before = qkv.clone()
+    angles = torch.randn((length, hd // 2), generator=g) * 3
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    slot, pos = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([3, 4, 0, 39, 7])
+    kc, vc = torch.zeros((3, nkv, length, hd)), torch.zeros((3, nkv, length, hd))
+    cpu_kernels.rope_store(qkv, n_heads=nq, n_kv=nkv, head_dim=hd, cos=cos, sin=sin, slot=slot, pos=pos, kc=kc, vc=vc)
+    q = before[:, : nq * hd].view(5, nq, hd).transpose(0, 1)[None]  # [1, heads, T, D]
+    k = before[:, nq * hd : (nq + nkv) * hd].view(5, nkv, hd).transpose(0, 1)[None]
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos[pos][None], sin[pos][None])
+    assert torch.equal(qkv[:, : nq * hd].view(5, nq, hd), want_q[0].transpose(0, 1))
+    assert torch.equal(qkv[:, nq * hd : (nq + nkv) * hd].view(5, nkv, hd), want_k[0].transpose(0, 1))
+    for t in range(5):  # each token's key and value sit at its slot and position
+        assert torch.equal(kc[slot[t], :, pos[t]], want_k[0, :, t])
+        assert torch.equal(vc[slot[t], :, pos[t]], before[t, (nq + nkv) * hd :].view(nkv, hd))
+    assert int((kc != 0).any(-1).sum()) == 5 * nkv  # nothing else written
+
+
+@needs_kernels
+def test_rms_norm_and_silu_mul_match_transformers():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((7, 100), generator=g) * 4  # 100: a tail past the 16-lane blocks
+    norm = LlamaRMSNorm(100, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(100, generator=g))
+        want = norm(x)
+    got = cpu_kernels.rms_norm(x, norm.weight.detach(), 1e-5)
+    assert torch.allclose(got, want, rtol=2e-6, atol=1e-6)
+
+    gu = torch.randn((5, 2 * 90), generator=g) * 6
+    want = torch.nn.functional.silu(gu[:, :90]) * gu[:, 90:]
+    assert torch.allclose(cpu_kernels.silu_mul(gu, 90), want, rtol=2e-6, atol=1e-6)
+    assert cpu_kernels.silu_mul(torch.tensor([[-200.0, 200.0, 1.0, 1.0]]), 2).tolist() == [[-0.0, 200.0]]
+
+
+def test_without_a_compiler_or_when_disabled_the_engine_keeps_torch(monkeypatch, tmp_path):
+    monkeypatch.setenv("MATHTUNE_CACHE", str(tmp_path))  # no build cached from an earlier test
+    try:
+        cpu_kernels._library.cache_clear()
+        monkeypatch.setenv("MATHTUNE_KERNELS", "0")
+        assert not cpu_kernels.available(3, 64)
+        cpu_kernels._library.cache_clear()
+        monkeypatch.delenv("MATHTUNE_KERNELS")
+        monkeypatch.setenv("CC", "false")  # a "compiler" that fails: no exception, torch path
+        monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: "/bin/false" if name == "false" else None)
+        assert not cpu_kernels.available(3, 64)
+        assert not list(tmp_path.rglob("*.so*"))  # no half-written library left behind
+    finally:
+        cpu_kernels._library.cache_clear()
+    monkeypatch.undo()
+    assert cpu_kernels.available(3, 64) == (cpu_kernels._library() is not None)
+    assert not cpu_kernels.available(3, 24)  # head sizes off the 16-lane grid are never taken
