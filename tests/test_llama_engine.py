@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def _tiny(kind: str, **extra):
+def _tiny(kind: str, *, dtype=None, **extra):
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
@@ -26,7 +26,7 @@ def _tiny(kind: str, **extra):
         g = torch.Generator().manual_seed(1)
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 2 else 0.2) + (p.dim() == 1))
-    return model.eval()
+    return model.to(dtype or torch.float32).eval()
 
 
 class _Reference:
@@ -94,6 +94,13 @@ SEQS = [[5, 9, 2, 33, 40, 41, 7, 8, 60, 3], [5, 9, 2, 11, 12, 13, 14, 15, 16, 17
 def test_engine_logits_equal_transformers(kind, path):
     # Sequences of different lengths share slots' decode steps: positions, masks and GQA per row.
     _check(_tiny(kind), SEQS, path)
+
+
+def test_bf16_engine_runs_the_torch_path_as_accurately_as_transformers_bf16():
+    model = _tiny("llama", dtype=torch.bfloat16)  # the truth is then these bf16 weights in fp64
+    eng = _engine(model, "torch")
+    assert eng.dtype == torch.bfloat16 and not (eng.onednn or eng.screen)  # fp32-only paths stay off
+    _check(model, SEQS, "torch")
 
 
 def test_engine_folds_unmerged_lora_weights():

@@ -10,10 +10,15 @@ This engine computes the same function with fewer, larger operations:
 - all tokens of a step, decode tokens of running rows and prompt tokens of newly admitted rows,
   go through the matmuls as one flat [tokens, hidden] batch: no padding is ever computed;
 - the KV cache is a fixed block of slots [slots, kv_heads, length, head_dim] written in place;
-  grouped-query attention reads it through a view (query heads grouped per KV head), no copy.
+  grouped-query attention reads it through a view (query heads grouped per KV head), no copy;
+- on a CPU in fp32, matmuls go through oneDNN with weights reordered once, and where the C kernels
+  build (generate/cpu_kernels.py) attention reads each token's own cache length and the small ops
+  (rotary + cache writes, RMSNorm, SiLU * up) take one pass each; elsewhere torch ops do the same.
 
 Numerics are those of the transformers model in the same dtype (same norms, rotary tables, softmax
-in fp32); only the summation order inside matmuls differs, which moves logits in the last bits.
+in fp32); only summation orders (and, in the kernels, an exp within about 1 ulp) differ, which
+moves logits in the last bits. tests/test_llama_engine.py holds every path to transformers' own
+fp32 error against an fp64 forward.
 LoRA adapters (PEFT) are folded into the weights at construction; the model itself is not changed.
 `supports(model)` says why a model cannot use this engine; callers then fall back to transformers.
 """
@@ -122,6 +127,9 @@ def _onednn_pack(w):
 
 
 class LlamaEngine:
+    """The engine for one model. `onednn` and `kernels` allow those CPU paths where they work (the
+    tests turn them off to check the torch paths); `dtype` defaults to the model's."""
+
     def __init__(self, model: Any, *, dtype: Any = None, onednn: bool = True, kernels: bool = True):
         import torch
 
@@ -179,8 +187,8 @@ class LlamaEngine:
             self.screen = self.dtype == torch.float32 and self.device.type == "cpu"
             self.screen_k = 8
             self.prepare_head()
-        # Decode attention in C (generate/cpu_kernels.py) where it builds; it wants values stored
-        # like keys, [L, head_dim] per head, while torch's bmm path is faster with them transposed.
+        # The C kernels where they build (generate/cpu_kernels.py). Their attention wants values
+        # stored like keys, [L, head_dim] per head; torch's bmm path is faster with them transposed.
         self.kernel = (
             kernels
             and self.dtype == torch.float32
@@ -188,7 +196,7 @@ class LlamaEngine:
             and cpu_kernels.available(self.group, self.head_dim)
         )
         self._rotary = inner.rotary_emb
-        self._cos = self._sin_signed = None
+        self._cos = self._sin = self._sin_signed = None
         self.keys: list[Any] = []
         self.values: list[Any] = []
 
