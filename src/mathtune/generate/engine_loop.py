@@ -111,10 +111,7 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
         n_dec = max(running) + 1 if running else 0
         hidden = None
         if n_dec or prefills:
-            width = int(pos[sorted(running)].max()) + 1 if running else None
-            hidden = engine.forward(
-                last[:n_dec] if n_dec else None, pos[:n_dec] if n_dec else None, prefills, width=width
-            )
+            hidden = engine.forward(last[:n_dec] if n_dec else None, pos[:n_dec] if n_dec else None, prefills)
         # ---- gather (slot, row, hidden state) for every row that gets a token this step -----
         chosen_slots, chosen_rows, chosen_states = [], [], []
         for s in sorted(running):

@@ -208,7 +208,7 @@ class LlamaEngine:
 
         length = min(length, self.max_positions)
         shape = (slots, self.n_kv, length, self.head_dim)
-        shape_v = shape if self.kernel else (slots, self.n_kv, self.head_dim, length)  # see `forward`
+        shape_v = shape if self.kernel else (slots, self.n_kv, self.head_dim, length)  # see `_attend_torch`
         # The torch path needs zeros, not garbage: masked columns still meet V in probs @ V, and
         # 0 * NaN is NaN. The kernels read only written positions; untouched pages then cost nothing.
         new = torch.empty if self.kernel else torch.zeros
@@ -263,12 +263,12 @@ class LlamaEngine:
 
     # ---- forward --------------------------------------------------------------------------------
 
-    def forward(self, dec_tokens, dec_pos, prefills: list[Prefill], *, width: int | None = None):
-        """One step. Decode: slot i < len(dec_tokens) feeds `dec_tokens[i]` at position `dec_pos[i]`;
-        attention reads the first `width` positions (default: max(dec_pos) + 1). Idle slots in that
-        range feed anything at a scratch position (the last one, which no row ever reaches); their
-        output is meaningless. Prefill: each entry's tokens go to its slot at positions start,
-        start+1, ...; positions before `start` must already be in that slot's cache.
+    def forward(self, dec_tokens, dec_pos, prefills: list[Prefill]):
+        """One step. Decode: slot i < len(dec_tokens) feeds `dec_tokens[i]` at position `dec_pos[i]`
+        and attends to its positions 0..dec_pos[i]. Idle slots in that range feed anything at the
+        scratch position (the last one, which no row ever reaches); their output is meaningless.
+        Prefill: each entry's tokens go to its slot at positions start, start+1, ...; positions
+        before `start` must already be in that slot's cache.
         Returns the final normalised hidden states of the decode rows and of the last token of each
         prefill, in that order; `logits` or `greedy` turn them into tokens."""
         import torch
@@ -296,7 +296,7 @@ class LlamaEngine:
         )
         step = _Step(slot_t, pos_t, n_dec, dec_pos)
         if not self.kernel:
-            self._prepare_torch_step(step, prefills, spans, width)
+            self._prepare_torch_step(step, prefills, spans)
         x = F.embedding(ids_t, self.embed).float()
         for li, layer in enumerate(self.layers):
             kc, vc = self.keys[li], self.values[li]
@@ -325,7 +325,7 @@ class LlamaEngine:
         # idle decode slots sit at the scratch position, the last one: the kernel skips them
         return cpu_kernels.attention(q, kc, vc, step.slot, step.pos, idle_pos=self.length - 1, scale=self.scale)
 
-    def _prepare_torch_step(self, step: _Step, prefills: list[Prefill], spans, width: int | None) -> None:
+    def _prepare_torch_step(self, step: _Step, prefills: list[Prefill], spans) -> None:
         """What `_attend_torch` shares across layers: rotary rows, the decode mask, prompt groups."""
         import torch
 
@@ -333,7 +333,10 @@ class LlamaEngine:
         step.cos = self._cos[step.pos][:, None]  # [T, 1, D]
         step.sin = self._sin_signed[step.pos][:, None]
         if step.n_dec:
-            step.width = width or int(step.dec_pos.max()) + 1
+            # Decode attention reads the first `width` positions: up to the last live row's own
+            # (idle slots, at the scratch position, read anything below it; their output is unused).
+            live = step.dec_pos[step.dec_pos < self.length - 1]
+            step.width = int(live.max()) + 1 if len(live) else 1
             cols = torch.arange(step.width, device=self.device)
             allowed = cols[None] <= step.dec_pos[:, None].clamp(max=step.width - 1)
             # One additive mask per step, shaped like the attention scores [rows * kv, group, width].
@@ -402,7 +405,7 @@ class LlamaEngine:
         self._head_resid_max = self._head_resid.max()
 
     def logits(self, h):
-        return _linear(h.to(self.dtype), self._head).float()
+        return _linear(h, self._head).float()
 
     def greedy(self, h):
         """argmax of `logits(h)`, computed mostly in bf16 without changing the answer.
