@@ -70,7 +70,7 @@ def _library() -> Any:
         return None
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        log.info("no C compiler found: the fast engine uses torch attention")
+        log.info("no C compiler found: the fast engine uses torch ops")
         return None
     try:
         import torch  # noqa: F401  (its OpenMP runtime must be loaded first, so the kernel shares it)
@@ -78,10 +78,10 @@ def _library() -> Any:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or e
-        log.warning("C kernels not built (%s): the fast engine uses torch attention", str(detail).strip()[:300])
+        log.warning("C kernels not built (%s): the fast engine uses torch ops", str(detail).strip()[:300])
         return None
     if not lib.mt_available():
-        log.info("this CPU has no AVX-512: the fast engine uses torch attention")
+        log.info("this CPU has no AVX-512: the fast engine uses torch ops")
         return None
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32]
