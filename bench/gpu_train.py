@@ -30,7 +30,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# As the CLI does, before torch loads: see mathtune.openmp.
+sys.path.insert(0, str(REPO / "src"))
+from mathtune.openmp import configure_openmp  # noqa: E402
+
+OPENMP = configure_openmp()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

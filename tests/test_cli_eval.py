@@ -111,6 +111,14 @@ def test_other_tasks_are_dispatched(tiny_model_dir, tmp_path, monkeypatch):
     assert code == 0
     assert seen["task"] == "arc_easy" and seen["limit"] == 2 and seen["model"] == str(tiny_model_dir)
     assert seen["data"] is None and seen["output"] == tmp_path / "e"
+    assert seen["engine"] == "auto"
+    # the configured hf decode path reaches the other tasks too (--engine, or eval.engine via --set)
+    code = _cli("eval", "--task", "gsm8k_selfverify", "--model", tiny_model_dir, "--engine", "transformers",
+                "--output", tmp_path / "f")  # fmt: skip
+    assert code == 0 and seen["task"] == "gsm8k_selfverify" and seen["engine"] == "transformers"
+    code = _cli("eval", "--task", "gsm_symbolic", "--model", tiny_model_dir, "--set", "eval.engine=fast",
+                "--output", tmp_path / "g")  # fmt: skip
+    assert code == 0 and seen["task"] == "gsm_symbolic" and seen["engine"] == "fast"
 
 
 def test_engines_agree_and_a_bad_engine_is_exit_2(base_args, tmp_path, capsys):

@@ -85,3 +85,24 @@ def test_run_pipeline_tiny(tmp_path, tiny_model_dir, gsm8k_dir, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == n_metrics
     records = [json.loads(x) for x in (run / "eval/tuned/records.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [f"test-{i}" for i in range(4)]
+
+
+def test_other_tasks_get_the_configured_engine(tmp_path, monkeypatch):
+    """`mathtune run` evaluates the non-GSM8K tasks with eval.engine, as it does GSM8K."""
+    from types import SimpleNamespace
+
+    from mathtune import pipeline
+    from mathtune.config import RunConfig
+
+    seen = {}
+
+    def fake(task, **kw):
+        seen.update(kw, task=task)
+        return {"n": 1}
+
+    monkeypatch.setattr("mathtune.tasks.evaluate_task", fake)
+    cfg = RunConfig.model_validate({"eval": {"engine": "transformers"}})
+    holder = SimpleNamespace(adapter=None, get=lambda: ("model", "tok", "resolved"))
+    pipeline._eval_task(cfg, "gsm8k_selfverify", tmp_path / "sv", holder, progress=False)
+    assert seen["task"] == "gsm8k_selfverify" and seen["engine"] == "transformers"
+    assert seen["loaded"] == ("model", "tok", "resolved")

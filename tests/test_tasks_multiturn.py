@@ -123,3 +123,38 @@ def test_selfverify_end_to_end_with_tiny_model(tiny_model_dir: Path, gsm8k_dir: 
         )
         == s
     )
+
+
+def test_evaluate_task_passes_the_engine_to_the_hf_backend(
+    tiny_model_dir: Path, gsm8k_dir: Path, tmp_path: Path, monkeypatch
+):
+    """`engine` reaches make_backend; like GSM8K's, it is not part of the settings, so a finished run
+    is returned as stored under another engine."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    import mathtune.generate.base
+    from mathtune.tasks import evaluate_task
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engines: list[str] = []
+
+    class FakeBackend:
+        def generate(self, prompts, **kw):
+            return [[SimpleNamespace(text="The final answer is 7.")] for _ in prompts]
+
+    def fake_make_backend(name, **kw):
+        assert name == "hf"
+        engines.append(kw.get("engine", "<none>"))
+        return FakeBackend()
+
+    monkeypatch.setattr(mathtune.generate.base, "make_backend", fake_make_backend)
+    kw = dict(model="tiny", data=str(gsm8k_dir), limit=2, progress=False, loaded=(object(), tok))
+    s = evaluate_task("gsm8k_selfverify", output=tmp_path / "t", engine="transformers", **kw)
+    assert engines == ["transformers"] and s["n"] == 2
+    evaluate_task("gsm8k_selfverify", output=tmp_path / "d", **kw)
+    assert engines == ["transformers", "auto"]
+    assert "engine" not in s["settings"]
+    assert evaluate_task("gsm8k_selfverify", output=tmp_path / "t", engine="fast", **kw) == s
+    assert engines == ["transformers", "auto"]  # nothing regenerated

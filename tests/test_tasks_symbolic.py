@@ -115,3 +115,39 @@ def test_evaluate_gsm_symbolic_end_to_end(tiny_model_dir: Path, tmp_path: Path, 
         max_new_tokens=4,
     )
     assert again["robustness"] == json.loads(json.dumps(rb))
+
+
+@needs_gsm8k
+def test_evaluate_task_passes_the_engine_through(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    """evaluate_task -> evaluate_gsm_symbolic -> evaluate_gsm8k -> make_backend all see `engine`."""
+    import mathtune.evaluate
+    from mathtune.models import load_model
+    from mathtune.tasks import evaluate_task
+
+    model, tok, _ = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
+    seen: dict[str, list] = {"evaluate_gsm8k": [], "make_backend": []}
+    real_eval, real_backend = mathtune.evaluate.evaluate_gsm8k, mathtune.evaluate.make_backend
+
+    def spy_eval(**kw):
+        seen["evaluate_gsm8k"].append(kw.get("engine", "<none>"))
+        return real_eval(**{**kw, "max_new_tokens": 4})  # keep the random model's generations short
+
+    def spy_backend(name, **kw):
+        seen["make_backend"].append(kw.get("engine", "<none>"))
+        return real_backend(name, **kw)
+
+    monkeypatch.setattr(mathtune.evaluate, "evaluate_gsm8k", spy_eval)
+    monkeypatch.setattr(mathtune.evaluate, "make_backend", spy_backend)
+    s = evaluate_task(
+        "gsm_symbolic",
+        model="tiny",
+        data=str(GSM8K_DIR),
+        limit=1,
+        output=tmp_path / "sym",
+        batch_size=4,
+        progress=False,
+        loaded=(model, tok),
+        engine="transformers",
+    )
+    assert s["task"] == "gsm_symbolic" and s["robustness"]["n_templates"] == 1
+    assert seen == {"evaluate_gsm8k": ["transformers"], "make_backend": ["transformers"]}

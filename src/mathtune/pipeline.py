@@ -145,6 +145,7 @@ def _eval_task(cfg: RunConfig, task: str, out: Path, holder: _Model, *, progress
         overwrite=False,
         progress=progress,
         loaded=holder.get(),
+        engine=cfg.eval.engine,
     )
 
 

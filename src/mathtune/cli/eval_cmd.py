@@ -89,7 +89,7 @@ def eval_command(
         summary = evaluate_task(
             task, model=kw["model"], adapter=ad, data=data, limit=kw["limit"], output=output,
             batch_size=kw["batch_size"], dtype=kw["dtype"], seed=kw["seed"], overwrite=overwrite,
-            progress=not quiet,
+            progress=not quiet, engine=kw["engine"],
         )  # fmt: skip
         print(f"{task}: n={summary.get('n')} summary: {output / 'summary.json'}")
         return

@@ -53,10 +53,13 @@ def evaluate_task(
     overwrite: bool = False,
     progress: bool = True,
     loaded: tuple | None = None,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """Run `task` and return its summary (also written to `output/summary.json`).
 
-    `loaded` = (model, tokenizer[, resolved]) reuses a model already in memory.
+    `loaded` = (model, tokenizer[, resolved]) reuses a model already in memory. `engine` is the hf
+    decode path of the generation tasks (auto, fast or transformers; see mathtune.generate.hf);
+    multiple-choice tasks score log-likelihoods with transformers and take none.
     """
     if task not in TASKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
@@ -79,6 +82,7 @@ def evaluate_task(
         from mathtune.tasks.mc import evaluate_mc
 
         return evaluate_mc(task, **kw)
+    kw["engine"] = engine
     if task == "gsm_symbolic":
         from mathtune.tasks.symbolic import evaluate_gsm_symbolic
 

@@ -107,12 +107,15 @@ def summarize(records: list[dict], *, model: str, adapter: str | None, settings:
     }
 
 
-def hf_chat_generate(model: Any, tokenizer: Any, *, max_new_tokens: int, batch_size: int) -> ChatGenerate:
-    """Greedy chat generation through mathtune.generate's HF backend, with the `chat` style's stops."""
+def hf_chat_generate(
+    model: Any, tokenizer: Any, *, max_new_tokens: int, batch_size: int, engine: str = "auto"
+) -> ChatGenerate:
+    """Greedy chat generation through mathtune.generate's HF backend (decode path `engine`), with the
+    `chat` style's stops."""
     from mathtune.generate.base import make_backend
     from mathtune.prompts import stop_sequences
 
-    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=batch_size)
+    backend = make_backend("hf", model=model, tokenizer=tokenizer, batch_size=batch_size, engine=engine)
     stop = stop_sequences("chat", tokenizer)
 
     def generate(chats: list[Messages]) -> list[str]:
@@ -139,9 +142,13 @@ def evaluate_selfverify(
     progress: bool = True,
     loaded: tuple | None = None,
     max_new_tokens: int = 256,
+    engine: str = "auto",
     generate: ChatGenerate | None = None,
 ) -> dict[str, Any]:
-    """GSM8K test (first `limit` items) with a self-verification turn; records.jsonl is resumable."""
+    """GSM8K test (first `limit` items) with a self-verification turn; records.jsonl is resumable.
+
+    `engine` = the hf decode path; as in evaluate_gsm8k it is not part of the settings (the engines are
+    meant to give transformers' greedy text), so a run resumes across engines."""
     local = Path("..") / "shared" / "data" / "gsm8k"
     data = data or (str(local) if local.exists() else GSM8K_HUB)
     problems = load_gsm8k(data, "test", limit=limit)
@@ -169,7 +176,7 @@ def evaluate_selfverify(
     if todo:
         if generate is None:
             lm, tok = get_model(model, adapter=adapter, dtype=dtype, loaded=loaded)
-            generate = hf_chat_generate(lm, tok, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            generate = hf_chat_generate(lm, tok, max_new_tokens=max_new_tokens, batch_size=batch_size, engine=engine)
         # Chunks: both turns of a chunk finish before its records are written, so a kill loses at
         # most one chunk, and the batched backend still sees full batches.
         chunk = max(1, batch_size)

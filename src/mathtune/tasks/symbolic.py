@@ -254,9 +254,11 @@ def evaluate_gsm_symbolic(
     loaded: tuple | None = None,
     variants: int = VARIANTS_PER_TEMPLATE,
     max_new_tokens: int = 256,
+    engine: str = "auto",
 ) -> dict[str, Any]:
     """`limit` = number of templates (seeded choice; default all 85), each evaluated as its GSM8K original
-    plus `variants` variants, greedy, with the `chat` prompt. `data` = the GSM8K data (test split)."""
+    plus `variants` variants, greedy, with the `chat` prompt. `data` = the GSM8K data (test split).
+    `engine` = the hf decode path, passed to evaluate_gsm8k (not part of the settings, as there)."""
     data = data or (
         str(Path("..") / "shared" / "data" / "gsm8k")
         if (Path("..") / "shared" / "data" / "gsm8k").exists()
@@ -293,6 +295,7 @@ def evaluate_gsm_symbolic(
         temperature=0.0,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        engine=engine,
         seed=seed,
         dtype=dtype,
         output=output,
