@@ -1,4 +1,4 @@
-"""The fast engine's C kernels compute what transformers' fp32 Llama computes, and fail over cleanly."""
+"""The fast engine's C kernels compute what transformers' Llama computes (fp32, bf16), and fail over cleanly."""
 
 from __future__ import annotations
 
@@ -84,6 +84,55 @@ def test_rms_norm_and_silu_mul_match_transformers():
     want = torch.nn.functional.silu(gu[:, :90]) * gu[:, 90:]
     assert torch.allclose(cpu_kernels.silu_mul(gu, 90), want, rtol=2e-6, atol=1e-6)
     assert cpu_kernels.silu_mul(torch.tensor([[-200.0, 200.0, 1.0, 1.0]]), 2).tolist() == [[-0.0, 200.0]]
+
+
+@needs_kernels
+def test_attention_in_bf16_matches_fp64_of_the_bf16_inputs():
+    g = torch.Generator().manual_seed(3)
+    nkv, group, hd, slots, length = 3, 3, 64, 3, 50
+    kc = (torch.randn((slots, nkv, length, hd), generator=g) * 3).bfloat16()
+    vc = torch.randn((slots, nkv, length, hd), generator=g).bfloat16()
+    qkv = (torch.randn((4, (nkv * group + 2 * nkv) * hd), generator=g) * 3).bfloat16()
+    q = qkv[:, : nkv * group * hd].view(4, nkv * group, hd)
+    slot, pos = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 17, 48, length - 1])
+    got = cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=hd**-0.5)
+    assert got.dtype == torch.bfloat16
+    want = _reference_attention(q[:3], kc, vc, slot, pos, hd**-0.5)
+    # fp32 arithmetic, one rounding to bf16 at the end: within half a bf16 ulp (at most 2^-8 relative), plus fp32 noise
+    assert bool(((got[:3].double() - want).abs() <= want.abs() * 2.0**-8 + 1e-5).all())
+    assert torch.equal(got[3], torch.zeros_like(got[3]))
+
+
+@needs_kernels
+def test_bf16_rope_norm_and_silu_are_the_fp32_kernels_rounded_once():
+    """In bf16 the kernels compute in fp32 and round each result once to nearest even, as torch's
+    .to(torch.bfloat16) does: bit-identical to the fp32 kernels on the same (bf16) inputs, rounded."""
+    g = torch.Generator().manual_seed(4)
+    nq, nkv, hd, length = 6, 2, 16, 40
+    qkv = torch.randn((5, (nq + 2 * nkv) * hd), generator=g).bfloat16()
+    angles = torch.randn((length, hd // 2), generator=g) * 3
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    slot, pos = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([3, 4, 0, 39, 7])
+    wide = qkv.float()
+    caches = {dt: (torch.zeros((3, nkv, length, hd), dtype=dt), torch.zeros((3, nkv, length, hd), dtype=dt))
+              for dt in (torch.float32, torch.bfloat16)}  # fmt: skip
+    for x, dt in ((wide, torch.float32), (qkv, torch.bfloat16)):
+        kc, vc = caches[dt]
+        cpu_kernels.rope_store(x, n_heads=nq, n_kv=nkv, head_dim=hd, cos=cos, sin=sin, slot=slot, pos=pos, kc=kc, vc=vc)
+    assert torch.equal(qkv, wide.bfloat16())
+    for a, b in zip(caches[torch.bfloat16], caches[torch.float32], strict=True):
+        assert torch.equal(a, b.bfloat16())
+
+    x = torch.randn((7, 100), generator=g) * 4
+    w = torch.randn(100, generator=g)
+    got = cpu_kernels.rms_norm(x, w, 1e-5, out_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, cpu_kernels.rms_norm(x, w, 1e-5).bfloat16())
+
+    gu = (torch.randn((5, 2 * 90), generator=g) * 6).bfloat16()
+    got = cpu_kernels.silu_mul(gu, 90)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, cpu_kernels.silu_mul(gu.float(), 90).bfloat16())
+    nan = cpu_kernels.silu_mul(torch.tensor([[float("nan"), 1.0]]).bfloat16(), 1)
+    assert bool(nan.isnan().all())  # NaN stays NaN through the rounding
 
 
 def test_without_a_compiler_or_when_disabled_the_engine_keeps_torch(monkeypatch, tmp_path):

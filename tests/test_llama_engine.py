@@ -45,6 +45,11 @@ class _Reference:
             ids_t = torch.tensor([ids])
             return self.model(input_ids=ids_t).logits[0].double(), self.model64(input_ids=ids_t).logits[0]
 
+    def errors(self, got, ids: list[int], at: int = -1) -> tuple[float, float]:
+        """(the engine's, transformers') largest logit error against fp64 on that row."""
+        fp32, truth = self.logits(ids)
+        return float((got.double() - truth[at]).abs().max()), float((fp32[at] - truth[at]).abs().max())
+
     def check(self, got, ids: list[int], at: int = -1) -> None:
         fp32, truth = self.logits(ids)
         allowed = 3 * float((fp32 - truth).abs().max()) + 1e-5
@@ -65,9 +70,12 @@ def _engine(model, path: str):
     return eng
 
 
-def _check(model, seqs: list[list[int]], path: str = "kernels"):
+def _check(model, seqs: list[list[int]], path: str = "kernels", *, on_average: bool = False):
     """Prefill each sequence's prompt (all but its last 3 tokens) in one step, then decode the last
-    3 tokens of all sequences together; every logit row must equal transformers' full forward."""
+    3 tokens of all sequences together; every logit row must equal transformers' full forward.
+    `on_average` (bf16): the rows' mean error within 2x transformers' mean instead, because bf16
+    rounding on these large random weights is chaotic: one row's error varies 10x with any change
+    of rounding, in transformers too (measured on 12 random sequences: 0.2x to 4x of its error)."""
     from mathtune.generate.llama_engine import Prefill
 
     eng = _engine(model, path)
@@ -80,10 +88,14 @@ def _check(model, seqs: list[list[int]], path: str = "kernels"):
             pos = torch.tensor([len(s) - k for s in seqs])
             steps.append(eng.logits(eng.forward(toks, pos, [])))
     ref = _Reference(model)
-    for i, s in enumerate(seqs):
-        ref.check(steps[0][i], s, len(s) - 4)
-        for j, k in enumerate((3, 2, 1)):
-            ref.check(steps[j + 1][i], s, len(s) - k)
+    rows = [(steps[0][i], s, len(s) - 4) for i, s in enumerate(seqs)]
+    rows += [(steps[j + 1][i], s, len(s) - k) for i, s in enumerate(seqs) for j, k in enumerate((3, 2, 1))]
+    if on_average:
+        errs = torch.tensor([ref.errors(*row) for row in rows])
+        assert float(errs[:, 0].mean()) <= 2 * float(errs[:, 1].mean())
+        return
+    for row in rows:
+        ref.check(*row)
 
 
 SEQS = [[5, 9, 2, 33, 40, 41, 7, 8, 60, 3], [5, 9, 2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [1, 2, 3, 4, 5]]
@@ -96,11 +108,14 @@ def test_engine_logits_equal_transformers(kind, path):
     _check(_tiny(kind), SEQS, path)
 
 
-def test_bf16_engine_runs_the_torch_path_as_accurately_as_transformers_bf16():
-    model = _tiny("llama", dtype=torch.bfloat16)  # the truth is then these bf16 weights in fp64
-    eng = _engine(model, "torch")
-    assert eng.dtype == torch.bfloat16 and not (eng.onednn or eng.screen)  # fp32-only paths stay off
-    _check(model, SEQS, "torch")
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_bf16_engine_is_as_accurate_as_transformers_bf16(kind, path):
+    model = _tiny(kind, dtype=torch.bfloat16)  # the truth is then these bf16 weights in fp64
+    eng = _engine(model, path)
+    assert eng.dtype == torch.bfloat16 and not eng.screen  # the fp32 head's screen stays off
+    assert eng.onednn == (path != "plain" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    _check(model, SEQS, path, on_average=True)
 
 
 def test_engine_folds_unmerged_lora_weights():

@@ -1,4 +1,4 @@
-"""CPU kernels in C for the fast engine's fp32 path, compiled on first use and loaded with ctypes.
+"""CPU kernels in C for the fast engine's fp32 and bf16 paths, compiled on first use and loaded with ctypes.
 
 torch has no attention for CPUs that reads each row's own cache length, and its small ops cost a
 pass over memory and a thread fork each; the kernels in kernels/engine_kernels.c do attention,
@@ -83,14 +83,14 @@ def _library() -> Any:
     if not lib.mt_available():
         log.info("this CPU has no AVX-512: the fast engine uses torch ops")
         return None
-    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32]
+    i64, ptr, f32, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32, flag]
     lib.mt_attention.restype = ctypes.c_int
-    lib.mt_rope_store.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64]
+    lib.mt_rope_store.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, flag]
     lib.mt_rope_store.restype = None
-    lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32]
+    lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32, flag]
     lib.mt_rms_norm.restype = None
-    lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64]
+    lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64, flag]
     lib.mt_silu_mul.restype = None
     return lib
 
@@ -100,12 +100,18 @@ def available(group: int, head_dim: int) -> bool:
     return 1 <= group <= 16 and head_dim % 16 == 0 and head_dim <= 256 and _library() is not None
 
 
-def _check(*tensors) -> None:
+def _check(*tensors, dtype=None) -> int:
+    """The kernels' `bf` flag for these tensors: all fp32 (0) or all bf16 (1), on the CPU, with
+    unit stride in the last dim; `dtype` pins the dtype instead of taking the first tensor's."""
     import torch
 
+    dtype = dtype or tensors[0].dtype
     for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1:
-            raise ValueError("engine kernels take fp32 CPU tensors with unit stride in the last dim")
+        if t.dtype != dtype or dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("engine kernels take fp32 or bf16 tensors, all of one dtype")
+        if t.device.type != "cpu" or t.stride(-1) != 1:
+            raise ValueError("engine kernels take CPU tensors with unit stride in the last dim")
+    return int(dtype == torch.bfloat16)
 
 
 def _index(t):
@@ -118,19 +124,20 @@ def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float):
     """Attention of each query token r over positions 0..pos[r] of cache slot slot[r].
 
     q: [n, heads, hd] (a view into the fused qkv is fine: rows may be strided); kc, vc: one
-    layer's keys and values, [slots, kv, L, hd] each, contiguous. Rows with pos == idle_pos
-    output zeros. Returns [n, heads, hd]. The shapes must pass `available` first."""
+    layer's keys and values, [slots, kv, L, hd] each, contiguous; all fp32 or all bf16. Rows with
+    pos == idle_pos output zeros. Returns [n, heads, hd] in their dtype (softmax and sums in fp32).
+    The shapes must pass `available` first."""
     import torch
 
-    _check(q, kc, vc)
+    bf = _check(q, kc, vc)
     n, heads, hd = q.shape
     _, nkv, length, _ = kc.shape
     if q.stride(1) != hd or not (kc.is_contiguous() and vc.is_contiguous()) or vc.shape != kc.shape:
         raise ValueError("attention: unexpected layout")
     slot, pos = _index(slot), _index(pos)
-    out = torch.empty((n, heads, hd), dtype=torch.float32)
+    out = torch.empty((n, heads, hd), dtype=q.dtype)
     args = (kc.data_ptr(), vc.data_ptr(), slot.data_ptr(), pos.data_ptr(), out.data_ptr(), n, nkv, heads // nkv, hd)
-    if _library().mt_attention(q.data_ptr(), q.stride(0), *args, length, idle_pos, scale) != 0:
+    if _library().mt_attention(q.data_ptr(), q.stride(0), *args, length, idle_pos, scale, bf) != 0:
         raise MemoryError("attention kernel: shapes not handled or no memory for its score buffers")
     return out
 
@@ -138,34 +145,40 @@ def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float):
 def rope_store(qkv, *, n_heads: int, n_kv: int, head_dim: int, cos, sin, slot, pos, kc, vc) -> None:
     """Rotary embedding applied in place to the query and key heads of qkv [T, width] (rows
     contiguous), and each token's key and value written to kc/vc [slots, kv, L, hd] at
-    (slot[t], pos[t]). cos, sin: [positions, hd] tables."""
-    _check(qkv, cos, sin, kc, vc)
+    (slot[t], pos[t]). cos, sin: [positions, hd] fp32 tables; qkv and the caches fp32 or bf16."""
+    import torch
+
+    bf = _check(qkv, kc, vc)
+    _check(cos, sin, dtype=torch.float32)
     if not (qkv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()):
         raise ValueError("rope_store: qkv and the tables must be contiguous")
     slot, pos = _index(slot), _index(pos)
     _library().mt_rope_store(
         qkv.data_ptr(), qkv.shape[0], qkv.shape[1], n_heads, n_kv, head_dim, cos.data_ptr(), sin.data_ptr(),
-        slot.data_ptr(), pos.data_ptr(), kc.data_ptr(), vc.data_ptr(), kc.shape[2],
+        slot.data_ptr(), pos.data_ptr(), kc.data_ptr(), vc.data_ptr(), kc.shape[2], bf,
     )  # fmt: skip
 
 
-def rms_norm(x, weight, eps: float):
-    """transformers' RMSNorm of each row of x [T, n] (fp32)."""
+def rms_norm(x, weight, eps: float, out_dtype=None):
+    """transformers' RMSNorm of each row of x [T, n] (fp32), computed in fp32; the result is fp32
+    or, with `out_dtype` bf16, rounded once to bf16."""
     import torch
 
     x, weight = x.contiguous(), weight.float().contiguous()
-    _check(x, weight)
-    out = torch.empty_like(x)
-    _library().mt_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps)
+    _check(x, weight, dtype=torch.float32)
+    out = torch.empty(x.shape, dtype=out_dtype or torch.float32)
+    bf = _check(out)
+    _library().mt_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps, bf)
     return out
 
 
 def silu_mul(gu, inter: int):
-    """silu(gu[:, :inter]) * gu[:, inter:] for gu [T, 2 * inter] (rows contiguous)."""
+    """silu(gu[:, :inter]) * gu[:, inter:] for gu [T, 2 * inter] (rows contiguous), in gu's dtype
+    (fp32 or bf16; computed in fp32)."""
     import torch
 
     gu = gu.contiguous()
-    _check(gu)
-    out = torch.empty((gu.shape[0], inter), dtype=torch.float32)
-    _library().mt_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter)
+    bf = _check(gu)
+    out = torch.empty((gu.shape[0], inter), dtype=gu.dtype)
+    _library().mt_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter, bf)
     return out

@@ -11,7 +11,7 @@ This engine computes the same function with fewer, larger operations:
   go through the matmuls as one flat [tokens, hidden] batch: no padding is ever computed;
 - the KV cache is a fixed block of slots [slots, kv_heads, length, head_dim] written in place;
   grouped-query attention reads it through a view (query heads grouped per KV head), no copy;
-- on a CPU in fp32, matmuls go through oneDNN with weights reordered once, and where the C kernels
+- on a CPU in fp32 or bf16, matmuls go through oneDNN with weights reordered once, and where the C kernels
   build (generate/cpu_kernels.py) attention reads each token's own cache length and the small ops
   (rotary + cache writes, RMSNorm, SiLU * up) take one pass each; elsewhere torch ops do the same.
 
@@ -174,10 +174,15 @@ class LlamaEngine:
                 )
             self.norm = inner.norm.weight.detach()
             self.lm_head = cast(_weight(base.lm_head)[0])
-            # fp32 matmuls through oneDNN with each weight reordered once into its blocked layout:
-            # 200-220 GFLOP/s at decode shapes on this project's 2-core CPU, against 165-190 for
-            # torch's default path (MKL) on plain weights (bench/RESULTS.md).
-            self.onednn = onednn and self.dtype == torch.float32 and self.device.type == "cpu" and _onednn_ok()
+            # Matmuls through oneDNN with each weight reordered once into its blocked layout: in
+            # fp32 200-220 GFLOP/s at decode shapes on this project's 2-core CPU, against 165-190
+            # for torch's default path (MKL) on plain weights; in bf16 about 420 (bench/RESULTS.md).
+            self.onednn = (
+                onednn
+                and self.dtype in (torch.float32, torch.bfloat16)
+                and self.device.type == "cpu"
+                and _onednn_ok(self.dtype)
+            )
             if self.onednn:
                 for layer in self.layers:
                     layer.wqkv, layer.wo, layer.wgu, layer.wd = map(
@@ -191,7 +196,7 @@ class LlamaEngine:
         # stored like keys, [L, head_dim] per head; torch's bmm path is faster with them transposed.
         self.kernel = (
             kernels
-            and self.dtype == torch.float32
+            and self.dtype in (torch.float32, torch.bfloat16)
             and self.device.type == "cpu"
             and cpu_kernels.available(self.group, self.head_dim)
         )
@@ -380,12 +385,15 @@ class LlamaEngine:
         return out
 
     def _project_add(self, x, a, w):
-        """x + a @ w.T; in fp32 one call (the residual add rides on the matmul)."""
+        """x + a @ w.T, x being the fp32 residual stream; in fp32 one call (the residual add rides on
+        the matmul)."""
         import torch
         import torch.nn.functional as F  # noqa: N812
 
         if w.is_mkldnn:
-            return torch.ops.mkldnn._linear_pointwise.binary(a, x, w, None, "add")
+            if a.dtype == torch.float32:
+                return torch.ops.mkldnn._linear_pointwise.binary(a, x, w, None, "add")
+            return x.add_(_linear(a, w))  # x is this step's own tensor (from `forward`)
         if a.dtype == torch.float32:
             return torch.addmm(x, a, w.t())
         return x + F.linear(a, w).float()
@@ -516,7 +524,7 @@ class LlamaEngine:
         import torch.nn.functional as F  # noqa: N812
 
         if self.kernel:
-            return cpu_kernels.rms_norm(x, weight, self.eps)
+            return cpu_kernels.rms_norm(x, weight, self.eps, out_dtype=self.dtype)
         return F.rms_norm(x, (x.shape[-1],), weight.float(), self.eps).to(self.dtype)
 
 
@@ -530,16 +538,22 @@ def _linear(x, w, b=None):
     return F.linear(x, w, b)
 
 
-def _onednn_ok() -> bool:
-    """oneDNN is in this torch build and its packed fp32 linear gives the plain one's result."""
+def _onednn_ok(dtype) -> bool:
+    """oneDNN is in this torch build, runs `dtype` natively (bf16 needs AVX512-BF16 or AMX; emulated
+    it would be slower than the plain path), and its packed linear gives the plain one's result."""
     import torch
 
     if not torch.backends.mkldnn.is_available():
         return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(5, 32, generator=g), torch.randn(24, 32, generator=g), torch.randn(24, generator=g)
-        got = _linear(x, _onednn_pack(w), b)
+        x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+        got = _linear(x, _onednn_pack(w), b).float()
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
-    return bool(torch.allclose(got, x @ w.T + b, rtol=1e-5, atol=1e-5))
+    want = x.float() @ w.float().T + b.float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the result is rounded to 8 bits
+    return bool(torch.allclose(got, want, rtol=tol, atol=tol))

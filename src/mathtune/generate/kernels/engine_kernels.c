@@ -1,4 +1,4 @@
-/* CPU kernels of the fast engine (generate/llama_engine.py) for its fp32 path.
+/* CPU kernels of the fast engine (generate/llama_engine.py) for its fp32 and bf16 paths.
 
 Why C: after the matmuls, a decode step on a CPU is a long tail of small torch ops per layer
 (norms, rotary, cache scatters, masks, softmax, activation), each one a pass over memory and an
@@ -8,6 +8,10 @@ Numerics follow transformers' fp32 Llama: the same formulas and rounding steps; 
 order and the exp polynomial (about 1 ulp) differ, which moves results in the last bits, as any
 other matmul order does. Built by generate/cpu_kernels.py with -std=c11 (no FMA contraction, so
 `a * b - c * d` rounds as torch's elementwise ops do).
+
+bf16 (flag `bf`): qkv, the caches, attention's output and the matmul inputs these kernels write
+are bf16 (rounded to nearest even, as torch's .to(torch.bfloat16)); all arithmetic is fp32, and
+the residual stream the norms read stays fp32.
 
 Layouts (those of LlamaEngine):
   qkv  [T, width]: per token nq query heads, nkv key heads, nkv value heads of hd floats each
@@ -49,20 +53,63 @@ static inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
 }
 
+/* bf16 <-> fp32. bf16 is the top half of an fp32; rounding is to nearest even, NaN stays NaN
+   (torch's c10::BFloat16 does the same). Plain AVX-512 (F + BW), no AVX512-BF16 needed. */
+static inline __m512 ld_bf16(const uint16_t *p, __mmask16 k) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+static inline __m256i to_bf16(__m512 x) {
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_cvtepi32_epi16(r);
+}
+/* element i of an fp32 (bf == 0) or bf16 (bf == 1) array, 16 lanes; masked lanes read as 0 */
+static inline __m512 ld(const void *p, int64_t i, __mmask16 k, int bf) {
+    return bf ? ld_bf16((const uint16_t *)p + i, k) : _mm512_maskz_loadu_ps(k, (const float *)p + i);
+}
+static inline void st(void *p, int64_t i, __mmask16 k, __m512 x, int bf) {
+    if (bf)
+        _mm256_mask_storeu_epi16((uint16_t *)p + i, k, to_bf16(x));
+    else
+        _mm512_mask_storeu_ps((float *)p + i, k, x);
+}
+static inline float ld1(const void *p, int64_t i, int bf) {
+    if (!bf) return ((const float *)p)[i];
+    const uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline void st1(void *p, int64_t i, float f, int bf) {
+    if (!bf) {
+        ((float *)p)[i] = f;
+        return;
+    }
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    ((uint16_t *)p)[i] = f != f ? (uint16_t)0x7FC0 : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 #define MAX_GROUP 16
 #define MAX_HD 256
 
-static inline __attribute__((always_inline)) void one_head_group(const float *q, const float *K, const float *V, float *o, float *s, int64_t len,
-                           int64_t group, int64_t hd, int64_t sp, float scale) {
+/* One KV head's group of query heads q [group, hd] (fp32) over len cached positions of K, V
+   ([len, hd], fp32 or bf16): o [group, hd] (fp32 or bf16). s: scratch for the scores. */
+static inline __attribute__((always_inline)) void one_head_group(const float *q, const void *K, const void *V, void *o,
+                                                                 float *s, int64_t len, int64_t group, int64_t hd,
+                                                                 int64_t sp, float scale, int bf) {
     const int64_t nv = hd / 16;
+    const __mmask16 all = 0xFFFF;
     /* scores: s[i * sp + t] = scale * q_i . K_t */
     for (int64_t t = 0; t < len; ++t) {
-        const float *kt = K + t * hd;
+        __m512 kt[MAX_HD / 16];
+        for (int64_t c = 0; c < nv; ++c) kt[c] = ld(K, t * hd + 16 * c, all, bf);
         for (int64_t i = 0; i < group; ++i) {
             const float *qi = q + i * hd;
-            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_loadu_ps(kt));
-            for (int64_t c = 1; c < nv; ++c)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * c), _mm512_loadu_ps(kt + 16 * c), acc);
+            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qi), kt[0]);
+            for (int64_t c = 1; c < nv; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * c), kt[c], acc);
             s[i * sp + t] = _mm512_reduce_add_ps(acc) * scale;
         }
     }
@@ -89,49 +136,57 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
     for (int64_t i = 0; i < group; ++i)
         for (int64_t c = 0; c < nv; ++c) acc[i][c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < len; ++t) {
-        const float *vt = V + t * hd;
         for (int64_t c = 0; c < nv; ++c) {
-            const __m512 v = _mm512_loadu_ps(vt + 16 * c);
+            const __m512 v = ld(V, t * hd + 16 * c, all, bf);
             for (int64_t i = 0; i < group; ++i) acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[i * sp + t]), v, acc[i][c]);
         }
     }
     for (int64_t i = 0; i < group; ++i)
-        for (int64_t c = 0; c < nv; ++c) _mm512_storeu_ps(o + i * hd + 16 * c, _mm512_mul_ps(acc[i][c], _mm512_set1_ps(inv[i])));
+        for (int64_t c = 0; c < nv; ++c) st(o, i * hd + 16 * c, all, _mm512_mul_ps(acc[i][c], _mm512_set1_ps(inv[i])), bf);
 }
 
 /* The common (group, head_dim) pairs get their own copies, so the compiler keeps the per-head
    accumulators in registers (with a runtime group they live in memory: 3x slower here). */
-#define SPECIAL(G, HD)                                                                                       \
-    static void head_group_##G##_##HD(const float *q, const float *K, const float *V, float *o, float *s, \
-                                      int64_t len, int64_t sp, float scale) {                   \
-        one_head_group(q, K, V, o, s, len, G, HD, sp, scale);                                          \
+#define SPECIAL(G, HD)                                                                                         \
+    static void head_group_##G##_##HD(const float *q, const void *K, const void *V, void *o, float *s,         \
+                                      int64_t len, int64_t sp, float scale, int bf) {                          \
+        if (bf)                                                                                                \
+            one_head_group(q, K, V, o, s, len, G, HD, sp, scale, 1);                                           \
+        else                                                                                                   \
+            one_head_group(q, K, V, o, s, len, G, HD, sp, scale, 0);                                           \
     }
 SPECIAL(1, 64) SPECIAL(2, 64) SPECIAL(3, 64) SPECIAL(4, 64) SPECIAL(6, 64) SPECIAL(7, 64) SPECIAL(8, 64)
 SPECIAL(1, 128) SPECIAL(2, 128) SPECIAL(3, 128) SPECIAL(4, 128) SPECIAL(6, 128) SPECIAL(7, 128) SPECIAL(8, 128)
 
-static void head_group(const float *q, const float *K, const float *V, float *o, float *s, int64_t len,
-                       int64_t group, int64_t hd, int64_t sp, float scale) {
+static void head_group(const float *q, const void *K, const void *V, void *o, float *s, int64_t len, int64_t group,
+                       int64_t hd, int64_t sp, float scale, int bf) {
 #define CASE(G, HD) \
-    if (group == G && hd == HD) return head_group_##G##_##HD(q, K, V, o, s, len, sp, scale);
+    if (group == G && hd == HD) return head_group_##G##_##HD(q, K, V, o, s, len, sp, scale, bf);
     CASE(1, 64) CASE(2, 64) CASE(3, 64) CASE(4, 64) CASE(6, 64) CASE(7, 64) CASE(8, 64)
     CASE(1, 128) CASE(2, 128) CASE(3, 128) CASE(4, 128) CASE(6, 128) CASE(7, 128) CASE(8, 128)
 #undef CASE
-    one_head_group(q, K, V, o, s, len, group, hd, sp, scale);
+    if (bf)
+        one_head_group(q, K, V, o, s, len, group, hd, sp, scale, 1);
+    else
+        one_head_group(q, K, V, o, s, len, group, hd, sp, scale, 0);
 }
 
 /* Attention of n query tokens, each over positions 0..pos[r] of cache slot slot[r]: decode rows
    (one token per slot) and prompt tokens (many per slot, causal through their positions) alike.
-   q: token r's heads at q + r * q_stride. pos[r] == idle_pos marks an idle decode slot: its output
-   is zeros. out: [n, nkv * group, hd]. Returns 0, or -1 (shapes not handled, or no memory). */
-int mt_attention(const float *q, int64_t q_stride, const float *kc, const float *vc, const int64_t *slot,
-                 const int64_t *pos, float *out, int64_t n, int64_t nkv, int64_t group, int64_t hd, int64_t L,
-                 int64_t idle_pos, float scale) {
+   q: token r's heads at q + r * q_stride (elements). pos[r] == idle_pos marks an idle decode slot:
+   its output is zeros. out: [n, nkv * group, hd]. bf: q, the caches and out are bf16, else fp32.
+   Returns 0, or -1 (shapes not handled, or no memory). */
+int mt_attention(const void *q, int64_t q_stride, const void *kc, const void *vc, const int64_t *slot,
+                 const int64_t *pos, void *out, int64_t n, int64_t nkv, int64_t group, int64_t hd, int64_t L,
+                 int64_t idle_pos, float scale, int bf) {
     if (hd % 16 != 0 || hd > MAX_HD || group > MAX_GROUP || group < 1) return -1;
     const int64_t sp = (L + 15) / 16 * 16;
+    const size_t es = bf ? 2 : 4; /* element size */
     int failed = 0;
 #pragma omp parallel
     {
-        float *s = (float *)aligned_alloc(64, (size_t)(group * sp) * sizeof(float));
+        /* scores, then (bf16 only) the query heads in fp32 */
+        float *s = (float *)aligned_alloc(64, (size_t)(group * sp + group * hd) * sizeof(float));
         if (s == NULL) {
 #pragma omp atomic write
             failed = 1;
@@ -140,13 +195,21 @@ int mt_attention(const float *q, int64_t q_stride, const float *kc, const float 
         for (int64_t task = 0; task < n * nkv; ++task) {
             if (s == NULL) continue;
             const int64_t r = task / nkv, j = task % nkv;
-            float *o = out + (r * nkv + j) * group * hd;
+            char *o = (char *)out + (size_t)((r * nkv + j) * group * hd) * es;
             if (pos[r] == idle_pos || pos[r] < 0 || pos[r] >= L) {
-                memset(o, 0, (size_t)(group * hd) * sizeof(float));
+                memset(o, 0, (size_t)(group * hd) * es);
                 continue;
             }
-            const int64_t base = (slot[r] * nkv + j) * L * hd;
-            head_group(q + r * q_stride + j * group * hd, kc + base, vc + base, o, s, pos[r] + 1, group, hd, sp, scale);
+            const int64_t qi = r * q_stride + j * group * hd;
+            const float *qf = (const float *)q + qi;
+            if (bf) {
+                float *buf = s + group * sp;
+                for (int64_t d = 0; d < group * hd; d += 16) _mm512_storeu_ps(buf + d, ld(q, qi + d, 0xFFFF, 1));
+                qf = buf;
+            }
+            const size_t base = (size_t)((slot[r] * nkv + j) * L * hd) * es;
+            head_group(qf, (const char *)kc + base, (const char *)vc + base, o, s, pos[r] + 1, group, hd, sp, scale,
+                       bf);
         }
         free(s);
     }
@@ -155,63 +218,86 @@ int mt_attention(const float *q, int64_t q_stride, const float *kc, const float 
 
 /* Rotary embedding of the query and key heads of each token, in place in qkv, then the token's
    key and value written to its cache slot at its position. As transformers computes it:
-   x * cos + rotate_half(x) * sin, each product rounded, then added. */
-void mt_rope_store(float *qkv, int64_t T, int64_t width, int64_t nq, int64_t nkv, int64_t hd, const float *cos_t,
-                   const float *sin_t, const int64_t *slot, const int64_t *pos, float *kc, float *vc, int64_t L) {
+   x * cos + rotate_half(x) * sin, each product rounded, then added. bf: qkv and the caches are
+   bf16 (the rotated heads are rounded once, as the torch path's .to(bf16) does). */
+void mt_rope_store(void *qkv, int64_t T, int64_t width, int64_t nq, int64_t nkv, int64_t hd, const float *cos_t,
+                   const float *sin_t, const int64_t *slot, const int64_t *pos, void *kc, void *vc, int64_t L, int bf) {
     const int64_t half = hd / 2;
+    const size_t es = bf ? 2 : 4;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
         const float *c = cos_t + pos[t] * hd, *sn = sin_t + pos[t] * hd;
-        float *row = qkv + t * width;
+        const int64_t row = t * width;
         for (int64_t h = 0; h < nq + nkv; ++h) {
-            float *x = row + h * hd;
+            const int64_t x = row + h * hd;
+            if (!bf) {
+                float *xf = (float *)qkv + x;
+                for (int64_t d = 0; d < half; ++d) {
+                    const float x1 = xf[d], x2 = xf[d + half];
+                    const float a1 = x1 * c[d], b1 = x2 * sn[d];
+                    const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
+                    xf[d] = a1 - b1;
+                    xf[d + half] = a2 + b2;
+                }
+                continue;
+            }
             for (int64_t d = 0; d < half; ++d) {
-                const float x1 = x[d], x2 = x[d + half];
+                const float x1 = ld1(qkv, x + d, 1), x2 = ld1(qkv, x + d + half, 1);
                 const float a1 = x1 * c[d], b1 = x2 * sn[d];
                 const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
-                x[d] = a1 - b1;
-                x[d + half] = a2 + b2;
+                st1(qkv, x + d, a1 - b1, 1);
+                st1(qkv, x + d + half, a2 + b2, 1);
             }
         }
         for (int64_t j = 0; j < nkv; ++j) {
-            const int64_t at = ((slot[t] * nkv + j) * L + pos[t]) * hd;
-            memcpy(kc + at, row + (nq + j) * hd, (size_t)hd * sizeof(float));
-            memcpy(vc + at, row + (nq + nkv + j) * hd, (size_t)hd * sizeof(float));
+            const size_t at = (size_t)(((slot[t] * nkv + j) * L + pos[t]) * hd) * es;
+            memcpy((char *)kc + at, (const char *)qkv + (size_t)(row + (nq + j) * hd) * es, (size_t)hd * es);
+            memcpy((char *)vc + at, (const char *)qkv + (size_t)(row + (nq + nkv + j) * hd) * es, (size_t)hd * es);
         }
     }
 }
 
-/* out = (x * rsqrt(mean(x^2) + eps)) * w per row of n floats (transformers' LlamaRMSNorm). */
-void mt_rms_norm(const float *x, const float *w, float *out, int64_t T, int64_t n, float eps) {
+/* out = (x * rsqrt(mean(x^2) + eps)) * w per row of n floats (transformers' LlamaRMSNorm); x and w
+   fp32, out fp32 or (bf) bf16, rounded once. */
+void mt_rms_norm(const float *x, const float *w, void *out, int64_t T, int64_t n, float eps, int bf) {
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
         const float *xr = x + t * n;
-        float *o = out + t * n;
         __m512 acc = _mm512_setzero_ps();
         for (int64_t d = 0; d < n; d += 16) {
             const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - d), xr + d);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
         const float r = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps);
-        for (int64_t d = 0; d < n; ++d) {
-            const float y = xr[d] * r;
-            o[d] = y * w[d];
+        if (!bf) {
+            float *o = (float *)out + t * n;
+            for (int64_t d = 0; d < n; ++d) {
+                const float y = xr[d] * r;
+                o[d] = y * w[d];
+            }
+            continue;
+        }
+        const __m512 rv = _mm512_set1_ps(r);
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 k = tail_mask(n - d);
+            const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), rv);
+            st(out, t * n + d, k, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(k, w + d)), 1);
         }
     }
 }
 
-/* out[t, :inter] = silu(gu[t, :inter]) * gu[t, inter:], silu(g) = g / (1 + exp(-g)) as torch. */
-void mt_silu_mul(const float *gu, float *out, int64_t T, int64_t inter) {
+/* out[t, :inter] = silu(gu[t, :inter]) * gu[t, inter:], silu(g) = g / (1 + exp(-g)) as torch;
+   bf: gu and out are bf16. */
+void mt_silu_mul(const void *gu, void *out, int64_t T, int64_t inter, int bf) {
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
-        const float *g = gu + t * 2 * inter, *u = g + inter;
-        float *o = out + t * inter;
+        const int64_t g = t * 2 * inter, u = g + inter;
         for (int64_t d = 0; d < inter; d += 16) {
             const __mmask16 k = tail_mask(inter - d);
-            const __m512 x = _mm512_maskz_loadu_ps(k, g + d);
+            const __m512 x = ld(gu, g + d, k, bf);
             const __m512 e = exp_any(_mm512_sub_ps(_mm512_setzero_ps(), x));
             const __m512 si = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-            _mm512_mask_storeu_ps(o + d, k, _mm512_mul_ps(si, _mm512_maskz_loadu_ps(k, u + d)));
+            st(out, t * inter + d, k, _mm512_mul_ps(si, ld(gu, u + d, k, bf)), bf);
         }
     }
 }
