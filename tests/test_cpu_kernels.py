@@ -135,6 +135,19 @@ def test_bf16_rope_norm_and_silu_are_the_fp32_kernels_rounded_once():
     assert bool(nan.isnan().all())  # NaN stays NaN through the rounding
 
 
+@needs_kernels
+def test_argmax_bf16_is_torch_argmax_with_ties_and_nan():
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn((6, 1000), generator=g) * 4).bfloat16()  # 1000: a tail past the 16-lane blocks
+    x[1, 17] = x[1, 900] = 99.0  # a tie: the first index wins
+    x[2, 999] = 99.0  # the max in the tail
+    x[3, 5] = float("nan")  # NaN counts as the largest, as in torch
+    x[4] = -1.0  # all equal
+    x[5, 500] = float("inf")
+    want = [int(x[0].float().argmax()), 17, 999, 5, 0, 500]
+    assert cpu_kernels.argmax_bf16(x).tolist() == x.argmax(-1).tolist() == want
+
+
 def test_without_a_compiler_or_when_disabled_the_engine_keeps_torch(monkeypatch, tmp_path):
     monkeypatch.setenv("MATHTUNE_CACHE", str(tmp_path))  # no build cached from an earlier test
     try:

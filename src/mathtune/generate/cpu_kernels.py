@@ -91,6 +91,8 @@ def _library() -> Any:
     lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32, flag]
     lib.mt_rms_norm.restype = None
     lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64, flag]
+    lib.mt_argmax_bf16.argtypes = [ptr, i64, i64, ptr]
+    lib.mt_argmax_bf16.restype = None
     lib.mt_silu_mul.restype = None
     return lib
 
@@ -181,4 +183,17 @@ def silu_mul(gu, inter: int):
     bf = _check(gu)
     out = torch.empty((gu.shape[0], inter), dtype=gu.dtype)
     _library().mt_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], inter, bf)
+    return out
+
+
+def argmax_bf16(x):
+    """torch.argmax(x, -1) of a bf16 matrix [rows, n] (first index on ties, NaN largest), faster."""
+    import torch
+
+    x = x.contiguous()
+    if x.dtype != torch.bfloat16 or x.dim() != 2:
+        raise ValueError("argmax_bf16 takes a 2-d bf16 tensor")
+    _check(x)
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    _library().mt_argmax_bf16(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
     return out

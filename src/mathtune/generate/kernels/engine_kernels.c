@@ -302,6 +302,39 @@ void mt_silu_mul(const void *gu, void *out, int64_t T, int64_t inter, int bf) {
     }
 }
 
+/* out[r] = the index of the largest of the n bf16 values of row r, the first one on ties, a NaN
+   counting as largest (torch.argmax's rules). For greedy decoding in bf16: torch's argmax on bf16
+   took 18 ms for 200 x 49,152 logits here, and a float() copy plus fp32 argmax 12 ms. */
+void mt_argmax_bf16(const uint16_t *x, int64_t rows, int64_t n, int64_t *out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint16_t *row = x + r * n;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        __mmask16 nan = 0;
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 k = tail_mask(n - d);
+            const __m512 v = ld_bf16(row + d, k);
+            nan |= _mm512_mask_cmp_ps_mask(k, v, v, _CMP_UNORD_Q);
+            mx = _mm512_mask_max_ps(mx, k, mx, v);
+        }
+        int64_t best = 0;
+        if (nan) {
+            while (best < n && ld1(row, best, 1) == ld1(row, best, 1)) ++best;
+        } else {
+            const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            for (int64_t d = 0; d < n; d += 16) {
+                const __mmask16 hit = _mm512_mask_cmp_ps_mask(tail_mask(n - d), ld_bf16(row + d, tail_mask(n - d)), m,
+                                                              _CMP_EQ_OQ);
+                if (hit) {
+                    best = d + __builtin_ctz(hit);
+                    break;
+                }
+            }
+        }
+        out[r] = best;
+    }
+}
+
 #else /* no AVX-512: the engine keeps its torch path */
 
 int mt_available(void) { return 0; }
@@ -309,5 +342,6 @@ int mt_attention(void) { return -1; }
 void mt_rope_store(void) {}
 void mt_rms_norm(void) {}
 void mt_silu_mul(void) {}
+void mt_argmax_bf16(void) {}
 
 #endif
