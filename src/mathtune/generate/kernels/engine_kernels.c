@@ -95,16 +95,51 @@ static inline void st1(void *p, int64_t i, float f, int bf) {
 #define MAX_GROUP 16
 #define MAX_HD 256
 
+/* Asks for value row t (into L2) while the score loop reads key row t: both streams then load at
+   once, and the value loop finds its rows in cache. Measured at 200 rows x ~190 positions, one
+   layer: bf16 1.6-2.1 -> 1.2-1.5 ms, fp32 2.1-2.9 -> 2.0-2.5 ms (this VM is noisy). */
+static inline void prefetch_row(const void *base, int64_t offset, int64_t bytes) {
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)base + offset + b, _MM_HINT_T1);
+}
+
+#if defined(__AVX512BF16__)
+#define HAVE_DPBF16 1
+#else
+#define HAVE_DPBF16 0
+#endif
+
 /* One KV head's group of query heads q [group, hd] (fp32) over len cached positions of K, V
-   ([len, hd], fp32 or bf16): o [group, hd] (fp32 or bf16). s: scratch for the scores. */
-static inline __attribute__((always_inline)) void one_head_group(const float *q, const void *K, const void *V, void *o,
-                                                                 float *s, int64_t len, int64_t group, int64_t hd,
-                                                                 int64_t sp, float scale, int bf) {
+   ([len, hd], fp32 or bf16): o [group, hd] (fp32 or bf16). s: scratch for the scores.
+   qb: the same query heads in bf16 when K is bf16 and this CPU has AVX512-BF16 (NULL otherwise):
+   q . K then takes one dpbf16 per 32 elements (bf16 products are exact in fp32; only the
+   summation order differs), instead of widening every key to fp32 first. */
+static inline __attribute__((always_inline)) void one_head_group(const float *q, const uint16_t *qb, const void *K,
+                                                                 const void *V, void *o, float *s, int64_t len,
+                                                                 int64_t group, int64_t hd, int64_t sp, float scale,
+                                                                 int bf) {
     const int64_t nv = hd / 16;
     const __mmask16 all = 0xFFFF;
     /* scores: s[i * sp + t] = scale * q_i . K_t */
+#if HAVE_DPBF16
+    if (bf && qb != NULL) {
+        const int64_t nb = hd / 32;
+        for (int64_t t = 0; t < len; ++t) {
+            const uint16_t *kt = (const uint16_t *)K + t * hd;
+            prefetch_row(V, t * hd * 2, hd * 2);
+            __m512bh kb[MAX_HD / 32];
+            for (int64_t c = 0; c < nb; ++c) kb[c] = (__m512bh)_mm512_loadu_si512(kt + 32 * c);
+            for (int64_t i = 0; i < group; ++i) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t c = 0; c < nb; ++c)
+                    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(qb + i * hd + 32 * c), kb[c]);
+                s[i * sp + t] = _mm512_reduce_add_ps(acc) * scale;
+            }
+        }
+    } else
+#endif
     for (int64_t t = 0; t < len; ++t) {
         __m512 kt[MAX_HD / 16];
+        prefetch_row(V, t * hd * (bf ? 2 : 4), hd * (bf ? 2 : 4));
         for (int64_t c = 0; c < nv; ++c) kt[c] = ld(K, t * hd + 16 * c, all, bf);
         for (int64_t i = 0; i < group; ++i) {
             const float *qi = q + i * hd;
@@ -148,27 +183,27 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
 /* The common (group, head_dim) pairs get their own copies, so the compiler keeps the per-head
    accumulators in registers (with a runtime group they live in memory: 3x slower here). */
 #define SPECIAL(G, HD)                                                                                         \
-    static void head_group_##G##_##HD(const float *q, const void *K, const void *V, void *o, float *s,         \
-                                      int64_t len, int64_t sp, float scale, int bf) {                          \
+    static void head_group_##G##_##HD(const float *q, const uint16_t *qb, const void *K, const void *V, void *o, \
+                                      float *s, int64_t len, int64_t sp, float scale, int bf) {                \
         if (bf)                                                                                                \
-            one_head_group(q, K, V, o, s, len, G, HD, sp, scale, 1);                                           \
+            one_head_group(q, qb, K, V, o, s, len, G, HD, sp, scale, 1);                                       \
         else                                                                                                   \
-            one_head_group(q, K, V, o, s, len, G, HD, sp, scale, 0);                                           \
+            one_head_group(q, qb, K, V, o, s, len, G, HD, sp, scale, 0);                                       \
     }
 SPECIAL(1, 64) SPECIAL(2, 64) SPECIAL(3, 64) SPECIAL(4, 64) SPECIAL(6, 64) SPECIAL(7, 64) SPECIAL(8, 64)
 SPECIAL(1, 128) SPECIAL(2, 128) SPECIAL(3, 128) SPECIAL(4, 128) SPECIAL(6, 128) SPECIAL(7, 128) SPECIAL(8, 128)
 
-static void head_group(const float *q, const void *K, const void *V, void *o, float *s, int64_t len, int64_t group,
-                       int64_t hd, int64_t sp, float scale, int bf) {
+static void head_group(const float *q, const uint16_t *qb, const void *K, const void *V, void *o, float *s,
+                       int64_t len, int64_t group, int64_t hd, int64_t sp, float scale, int bf) {
 #define CASE(G, HD) \
-    if (group == G && hd == HD) return head_group_##G##_##HD(q, K, V, o, s, len, sp, scale, bf);
+    if (group == G && hd == HD) return head_group_##G##_##HD(q, qb, K, V, o, s, len, sp, scale, bf);
     CASE(1, 64) CASE(2, 64) CASE(3, 64) CASE(4, 64) CASE(6, 64) CASE(7, 64) CASE(8, 64)
     CASE(1, 128) CASE(2, 128) CASE(3, 128) CASE(4, 128) CASE(6, 128) CASE(7, 128) CASE(8, 128)
 #undef CASE
     if (bf)
-        one_head_group(q, K, V, o, s, len, group, hd, sp, scale, 1);
+        one_head_group(q, qb, K, V, o, s, len, group, hd, sp, scale, 1);
     else
-        one_head_group(q, K, V, o, s, len, group, hd, sp, scale, 0);
+        one_head_group(q, qb, K, V, o, s, len, group, hd, sp, scale, 0);
 }
 
 /* Attention of n query tokens, each over positions 0..pos[r] of cache slot slot[r]: decode rows
@@ -202,14 +237,17 @@ int mt_attention(const void *q, int64_t q_stride, const void *kc, const void *vc
             }
             const int64_t qi = r * q_stride + j * group * hd;
             const float *qf = (const float *)q + qi;
-            if (bf) {
+            const uint16_t *qb = NULL;
+            if (bf && HAVE_DPBF16 && hd % 32 == 0) {
+                qb = (const uint16_t *)q + qi;
+            } else if (bf) {
                 float *buf = s + group * sp;
                 for (int64_t d = 0; d < group * hd; d += 16) _mm512_storeu_ps(buf + d, ld(q, qi + d, 0xFFFF, 1));
                 qf = buf;
             }
             const size_t base = (size_t)((slot[r] * nkv + j) * L * hd) * es;
-            head_group(qf, (const char *)kc + base, (const char *)vc + base, o, s, pos[r] + 1, group, hd, sp, scale,
-                       bf);
+            head_group(qf, qb, (const char *)kc + base, (const char *)vc + base, o, s, pos[r] + 1, group, hd, sp,
+                       scale, bf);
         }
         free(s);
     }
