@@ -25,7 +25,7 @@ Query head j * group + i attends with KV head j (transformers' repeat_kv order).
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) /* every AVX-512 CPU but Xeon Phi */
 #include <immintrin.h>
 
 int mt_available(void) { return 1; }
@@ -373,7 +373,7 @@ void mt_argmax_bf16(const uint16_t *x, int64_t rows, int64_t n, int64_t *out) {
     }
 }
 
-#else /* no AVX-512: the engine keeps its torch path */
+#else /* no AVX-512 (F, BW, VL): the engine keeps its torch path */
 
 int mt_available(void) { return 0; }
 int mt_attention(void) { return -1; }
