@@ -44,6 +44,27 @@ def test_attention_matches_fp64_per_slot_and_length(nkv, group, hd):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_reads_the_shared_prefix_from_its_one_copy(dtype):
+    """With `shared`, positions below its length come from it, bit for bit what reading the same
+    values from each slot gives; the slots' own copies of those positions are never read."""
+    g = torch.Generator().manual_seed(6)
+    nkv, group, hd, slots, length, p = 3, 3, 64, 4, 60, 24
+    kc = (torch.randn((slots, nkv, length, hd), generator=g) * 3).to(dtype)
+    vc = torch.randn((slots, nkv, length, hd), generator=g).to(dtype)
+    pk, pv = kc[0, :, :p].clone(), vc[0, :, :p].clone()
+    kc[:, :, :p], vc[:, :, :p] = pk, pv  # every slot holds the prefix
+    q = (torch.randn((5, nkv * group, hd), generator=g) * 3).to(dtype)
+    slot, pos = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([5, 23, 24, 58, 40])  # inside and past the prefix
+    want = cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=0.125)
+    kc[:, :, :p], vc[:, :, :p] = float("nan"), float("nan")  # the slots' copies must not be read
+    got = cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=0.125, shared=(pk, pv))
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="shared prefix"):
+        cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=0.125, shared=(pk[:2], pv[:2]))
+
+
+@needs_kernels
 def test_rope_store_is_bit_identical_to_transformers_rotary():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 

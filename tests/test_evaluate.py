@@ -85,6 +85,7 @@ def test_greedy_eval_writes_records_and_summary(run, tmp_path, gsm8k_dir):
     assert summary["generation_seconds"] == pytest.approx(sum(r["seconds"] for r in recs))
     assert 0 <= summary["truncation_rate"] <= 1 and summary["self_consistency"] is None
     assert summary["backend"] == "hf" and summary["device"] == "cpu"
+    assert summary["dtype"] == "auto" and summary["weights_dtype"] == "float32"  # asked vs what ran
 
 
 def test_rerun_recomputes_nothing_and_rewrites_the_identical_summary(run, tmp_path, monkeypatch):

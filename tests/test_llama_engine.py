@@ -202,3 +202,31 @@ def test_unsupported_models_fall_back_or_fail_clearly():
     assert HFBackend(gpt2, Tok()).fast_engine() is None  # auto: the transformers loop runs
     with pytest.raises(ValueError, match="gpt2"):
         HFBackend(gpt2, Tok(), engine="fast").fast_engine()
+
+
+def test_a_shared_prefix_is_read_from_its_one_copy_with_the_same_logits():
+    """share_prefix: the kernels read positions below the prefix length from the saved copy; the
+    logits are bit-identical to reading each slot's own copy."""
+    from mathtune.generate.llama_engine import Prefill
+
+    model = _tiny("llama")
+    a, b = SEQS[0], SEQS[1]  # share their first 3 tokens
+    results = []
+    for share in (False, True):
+        eng = _engine(model, "kernels")
+        eng.allocate(2, 64)
+        with torch.inference_mode():
+            eng.forward(None, None, [Prefill(0, a[:3])])
+            prefix = eng.save_prefix(0, 3)
+            eng.load_prefix(prefix, 1)
+            if share:
+                eng.share_prefix(prefix)
+            first = eng.logits(eng.forward(None, None, [Prefill(0, a[3:-1], 3), Prefill(1, b[3:-1], 3)]))
+            if share:  # from here on the slots' own copies of positions 0..2 must not matter
+                for k, v in zip(eng.keys, eng.values, strict=True):
+                    k[:, :, :3], v[:, :, :3] = float("nan"), float("nan")
+            dec = eng.logits(eng.forward(torch.tensor([a[-1], b[-1]]), torch.tensor([len(a) - 1, len(b) - 1]), []))
+        results.append((first, dec))
+        eng.allocate(1, 8)
+        assert eng._shared is None  # a new cache forgets the prefix
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -221,3 +221,18 @@ def test_symbolic_selfverify_and_mmlu_sections(tmp_path):
     assert "mmlu: DROP of 25.0 points" in md
     assert "mmlu base (1 subjects): acc macro average 50.0%" in md
     assert "MMLU: measured in this run" in md and "GSM-Symbolic robustness: measured in this run" in md
+
+
+def test_the_accuracy_section_names_the_weights_precision_and_flags_a_mix():
+    from types import SimpleNamespace
+
+    from mathtune.report.sections import _weights_note
+
+    def ev(dtype):
+        return SimpleNamespace(summary={"weights_dtype": dtype} if dtype else {})
+
+    assert _weights_note(ev("float32"), ev("float32")) == ", weights in float32"
+    assert _weights_note(ev("bfloat16"), None) == ", weights in bfloat16"
+    assert "NOT the same precision" in _weights_note(ev("float32"), ev("bfloat16"))
+    assert "NOT the same precision" in _weights_note(ev("float32"), ev(None))  # one side unknown
+    assert _weights_note(ev(None), ev(None)) == ""  # runs from before weights_dtype was recorded

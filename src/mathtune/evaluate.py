@@ -272,11 +272,12 @@ def evaluate_gsm8k(
     atomic_write_json(out / SETTINGS, ident)
 
     todo = [p for p in items if p.id not in done]
-    device = "cpu"
+    device, weights = "cpu", None
     if todo:
-        device = _generate(todo, done, ident, style, out, batch_size, headline, progress, loaded, engine)
+        device, weights = _generate(todo, done, ident, style, out, batch_size, headline, progress, loaded, engine)
     elif (out / SUMMARY).exists():
-        device = read_json(out / SUMMARY).get("device", device)
+        old = read_json(out / SUMMARY)
+        device, weights = old.get("device", device), old.get("weights_dtype")
 
     ordered = [done[i] for i in ids]
     current = read_jsonl(records_path) if records_path.exists() else []
@@ -284,12 +285,16 @@ def evaluate_gsm8k(
         write_jsonl(records_path, ordered)
     head = {"task": task, "model": model, "adapter": ident["adapter"], "settings": settings}
     summary = summarize(ordered, head=head, headline=headline, samples=samples)
-    summary.update({"backend": backend, "dtype": dtype, "device": device})
+    # dtype is what was asked ("auto" too); weights_dtype what the model ran in (None: vLLM's choice)
+    summary.update({"backend": backend, "dtype": dtype, "weights_dtype": weights, "device": device})
     atomic_write_json(out / SUMMARY, summary)
     return summary
 
 
-def _generate(todo, done, ident, style, out: Path, batch_size, headline, progress, loaded, engine="auto") -> str:
+def _generate(
+    todo, done, ident, style, out: Path, batch_size, headline, progress, loaded, engine="auto"
+) -> tuple[str, str | None]:
+    """Generate and record the `todo` items; returns (device type, weights dtype or None)."""
     s = ident["settings"]
     if ident["backend"] == "vllm":
         from mathtune.models import load_tokenizer, resolve_model
@@ -299,7 +304,7 @@ def _generate(todo, done, ident, style, out: Path, batch_size, headline, progres
         be = make_backend(
             "vllm", model_path=resolved.path, adapter=ident["adapter"], dtype=ident["dtype"], seed=s["seed"]
         )
-        device = "cuda"
+        device, weights = "cuda", None
     else:
         if loaded is not None:
             mdl, tok = loaded[0], loaded[1]
@@ -315,7 +320,8 @@ def _generate(todo, done, ident, style, out: Path, batch_size, headline, progres
                 merge_adapter=ident["adapter"] is not None,
             )
         be = make_backend("hf", model=mdl, tokenizer=tok, batch_size=batch_size, engine=engine)
-        device = str(next(mdl.parameters()).device.type)
+        param = next(mdl.parameters())
+        device, weights = str(param.device.type), str(param.dtype).removeprefix("torch.")
     prompts = [build_prompt(style, p.question, tok) for p in todo]
     # Per-item seeds: a resumed or re-batched run draws the same samples for the same item.
     seeds = [derive_seed(s["seed"], p.id) for p in todo]
@@ -343,4 +349,4 @@ def _generate(todo, done, ident, style, out: Path, batch_size, headline, progres
             seeds=seeds,
             on_done=on_done,
         )
-    return device
+    return device, weights

@@ -84,7 +84,8 @@ def _library() -> Any:
         log.info("this CPU has no AVX-512: the fast engine uses torch ops")
         return None
     i64, ptr, f32, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32, flag]
+    prefix = [ptr, ptr, i64]  # the shared prefix: keys, values, length
+    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32, flag, *prefix]
     lib.mt_attention.restype = ctypes.c_int
     lib.mt_rope_store.argtypes = [ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, flag]
     lib.mt_rope_store.restype = None
@@ -122,12 +123,14 @@ def _index(t):
     return t.to(torch.int64).contiguous()
 
 
-def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float):
+def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float, shared=None):
     """Attention of each query token r over positions 0..pos[r] of cache slot slot[r].
 
     q: [n, heads, hd] (a view into the fused qkv is fine: rows may be strided); kc, vc: one
     layer's keys and values, [slots, kv, L, hd] each, contiguous; all fp32 or all bf16. Rows with
     pos == idle_pos output zeros. Returns [n, heads, hd] in their dtype (softmax and sums in fp32).
+    `shared` = (keys, values) [kv, P, hd]: what positions 0..P-1 hold in every slot (the prompts'
+    shared prefix), read from there: one copy stays in cache instead of one read per row.
     The shapes must pass `available` first."""
     import torch
 
@@ -137,9 +140,17 @@ def attention(q, kc, vc, slot, pos, *, idle_pos: int, scale: float):
     if q.stride(1) != hd or not (kc.is_contiguous() and vc.is_contiguous()) or vc.shape != kc.shape:
         raise ValueError("attention: unexpected layout")
     slot, pos = _index(slot), _index(pos)
+    pk = pv = None
+    if shared is not None:
+        pk, pv = shared
+        _check(pk, pv, dtype=q.dtype)
+        shaped = pk.shape == pv.shape and pk.shape[0] == nkv and pk.shape[2] == hd
+        if not (shaped and pk.is_contiguous() and pv.is_contiguous()):
+            raise ValueError("attention: the shared prefix must be [kv, P, hd] keys and values, contiguous")
+    prefix = (pk.data_ptr(), pv.data_ptr(), pk.shape[1]) if pk is not None else (None, None, 0)
     out = torch.empty((n, heads, hd), dtype=q.dtype)
     args = (kc.data_ptr(), vc.data_ptr(), slot.data_ptr(), pos.data_ptr(), out.data_ptr(), n, nkv, heads // nkv, hd)
-    if _library().mt_attention(q.data_ptr(), q.stride(0), *args, length, idle_pos, scale, bf) != 0:
+    if _library().mt_attention(q.data_ptr(), q.stride(0), *args, length, idle_pos, scale, bf, *prefix) != 0:
         raise MemoryError("attention kernel: shapes not handled or no memory for its score buffers")
     return out
 

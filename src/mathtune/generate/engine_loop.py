@@ -69,6 +69,7 @@ def run_engine(backend: Any, engine: Any, pending: list, finish, *, temperature,
     if shared >= _MIN_SHARED_PREFIX and len({r.prompt_idx for r in pending}) > 1:
         engine.forward(None, None, [Prefill(0, pending[0].ids[:shared])])
         prefix = engine.save_prefix(0, shared)
+        engine.share_prefix(prefix)  # every prompt of this call starts with it
     left = {}  # prompt index -> its rows still waiting, to know when a prompt's cache can go
     for r in pending:
         left[r.prompt_idx] = left.get(r.prompt_idx, 0) + 1

@@ -179,6 +179,19 @@ def _settings_differ(s1: dict[str, Any], s2: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in ("model", "adapter") and a.get(k) != b.get(k))
 
 
+def _weights_note(base, tuned) -> str:
+    """', weights in <dtype>' as the evaluations ran (summary weights_dtype); greedy answers depend on
+    it (bf16 changes most texts of the embedded model), so a mismatch is said outright."""
+    got = {name: e.summary.get("weights_dtype") for name, e in (("base", base), ("tuned", tuned)) if e is not None}
+    known = {k: v for k, v in got.items() if v}
+    if not known:
+        return ""
+    if len(set(known.values())) == 1 and len(known) == len(got):
+        return f", weights in {next(iter(known.values()))}"
+    parts = ", ".join(f"{k} {v or 'unknown'}" for k, v in got.items())
+    return f", weights: {parts} (NOT the same precision: the comparison mixes them)"
+
+
 def section_accuracy(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path]) -> list[dict[str, Any]]:
     from mathtune.report import plots as P_
 
@@ -215,7 +228,7 @@ def section_accuracy(a: RunArtifacts, ctx: dict[str, Any], plots: dict[str, Path
             f"Exact match of the generated final answer against the gold answer, on the first "
             f"{settings.get('limit') or 'all'} items of the '{settings.get('split', '?')}' split; prompt "
             f"'{settings.get('prompt', '?')}', temperature {settings.get('temperature', '?')}, max_new_tokens "
-            f"{settings.get('max_new_tokens', '?')}. Intervals: 95% Wilson."
+            f"{settings.get('max_new_tokens', '?')}{_weights_note(base, tuned)}. Intervals: 95% Wilson."
         ),
         T(hdr, rows),
     ]

@@ -112,9 +112,12 @@ static inline void prefetch_row(const void *base, int64_t offset, int64_t bytes)
    ([len, hd], fp32 or bf16): o [group, hd] (fp32 or bf16). s: scratch for the scores.
    qb: the same query heads in bf16 when K is bf16 and this CPU has AVX512-BF16 (NULL otherwise):
    q . K then takes one dpbf16 per 32 elements (bf16 products are exact in fp32; only the
-   summation order differs), instead of widening every key to fp32 first. */
+   summation order differs), instead of widening every key to fp32 first.
+   Kp, Vp: positions 0..np-1 read from there instead ([np, hd], the prompts' shared prefix, one copy
+   for all rows: it stays in cache while every row's own positions stream from memory). */
 static inline __attribute__((always_inline)) void one_head_group(const float *q, const uint16_t *qb, const void *K,
-                                                                 const void *V, void *o, float *s, int64_t len,
+                                                                 const void *V, const void *Kp, const void *Vp,
+                                                                 int64_t np, void *o, float *s, int64_t len,
                                                                  int64_t group, int64_t hd, int64_t sp, float scale,
                                                                  int bf) {
     const int64_t nv = hd / 16;
@@ -124,8 +127,8 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
     if (bf && qb != NULL) {
         const int64_t nb = hd / 32;
         for (int64_t t = 0; t < len; ++t) {
-            const uint16_t *kt = (const uint16_t *)K + t * hd;
-            prefetch_row(V, t * hd * 2, hd * 2);
+            const uint16_t *kt = (const uint16_t *)(t < np ? Kp : K) + t * hd;
+            prefetch_row(t < np ? Vp : V, t * hd * 2, hd * 2);
             __m512bh kb[MAX_HD / 32];
             for (int64_t c = 0; c < nb; ++c) kb[c] = (__m512bh)_mm512_loadu_si512(kt + 32 * c);
             for (int64_t i = 0; i < group; ++i) {
@@ -139,8 +142,8 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
 #endif
     for (int64_t t = 0; t < len; ++t) {
         __m512 kt[MAX_HD / 16];
-        prefetch_row(V, t * hd * (bf ? 2 : 4), hd * (bf ? 2 : 4));
-        for (int64_t c = 0; c < nv; ++c) kt[c] = ld(K, t * hd + 16 * c, all, bf);
+        prefetch_row(t < np ? Vp : V, t * hd * (bf ? 2 : 4), hd * (bf ? 2 : 4));
+        for (int64_t c = 0; c < nv; ++c) kt[c] = ld(t < np ? Kp : K, t * hd + 16 * c, all, bf);
         for (int64_t i = 0; i < group; ++i) {
             const float *qi = q + i * hd;
             __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qi), kt[0]);
@@ -172,7 +175,7 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
         for (int64_t c = 0; c < nv; ++c) acc[i][c] = _mm512_setzero_ps();
     for (int64_t t = 0; t < len; ++t) {
         for (int64_t c = 0; c < nv; ++c) {
-            const __m512 v = ld(V, t * hd + 16 * c, all, bf);
+            const __m512 v = ld(t < np ? Vp : V, t * hd + 16 * c, all, bf);
             for (int64_t i = 0; i < group; ++i) acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[i * sp + t]), v, acc[i][c]);
         }
     }
@@ -183,37 +186,40 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
 /* The common (group, head_dim) pairs get their own copies, so the compiler keeps the per-head
    accumulators in registers (with a runtime group they live in memory: 3x slower here). */
 #define SPECIAL(G, HD)                                                                                         \
-    static void head_group_##G##_##HD(const float *q, const uint16_t *qb, const void *K, const void *V, void *o, \
-                                      float *s, int64_t len, int64_t sp, float scale, int bf) {                \
+    static void head_group_##G##_##HD(const float *q, const uint16_t *qb, const void *K, const void *V,          \
+                                      const void *Kp, const void *Vp, int64_t np, void *o, float *s,           \
+                                      int64_t len, int64_t sp, float scale, int bf) {                          \
         if (bf)                                                                                                \
-            one_head_group(q, qb, K, V, o, s, len, G, HD, sp, scale, 1);                                       \
+            one_head_group(q, qb, K, V, Kp, Vp, np, o, s, len, G, HD, sp, scale, 1);                           \
         else                                                                                                   \
-            one_head_group(q, qb, K, V, o, s, len, G, HD, sp, scale, 0);                                       \
+            one_head_group(q, qb, K, V, Kp, Vp, np, o, s, len, G, HD, sp, scale, 0);                           \
     }
 SPECIAL(1, 64) SPECIAL(2, 64) SPECIAL(3, 64) SPECIAL(4, 64) SPECIAL(6, 64) SPECIAL(7, 64) SPECIAL(8, 64)
 SPECIAL(1, 128) SPECIAL(2, 128) SPECIAL(3, 128) SPECIAL(4, 128) SPECIAL(6, 128) SPECIAL(7, 128) SPECIAL(8, 128)
 
-static void head_group(const float *q, const uint16_t *qb, const void *K, const void *V, void *o, float *s,
-                       int64_t len, int64_t group, int64_t hd, int64_t sp, float scale, int bf) {
+static void head_group(const float *q, const uint16_t *qb, const void *K, const void *V, const void *Kp,
+                       const void *Vp, int64_t np, void *o, float *s, int64_t len, int64_t group, int64_t hd,
+                       int64_t sp, float scale, int bf) {
 #define CASE(G, HD) \
-    if (group == G && hd == HD) return head_group_##G##_##HD(q, qb, K, V, o, s, len, sp, scale, bf);
+    if (group == G && hd == HD) return head_group_##G##_##HD(q, qb, K, V, Kp, Vp, np, o, s, len, sp, scale, bf);
     CASE(1, 64) CASE(2, 64) CASE(3, 64) CASE(4, 64) CASE(6, 64) CASE(7, 64) CASE(8, 64)
     CASE(1, 128) CASE(2, 128) CASE(3, 128) CASE(4, 128) CASE(6, 128) CASE(7, 128) CASE(8, 128)
 #undef CASE
     if (bf)
-        one_head_group(q, qb, K, V, o, s, len, group, hd, sp, scale, 1);
+        one_head_group(q, qb, K, V, Kp, Vp, np, o, s, len, group, hd, sp, scale, 1);
     else
-        one_head_group(q, qb, K, V, o, s, len, group, hd, sp, scale, 0);
+        one_head_group(q, qb, K, V, Kp, Vp, np, o, s, len, group, hd, sp, scale, 0);
 }
 
 /* Attention of n query tokens, each over positions 0..pos[r] of cache slot slot[r]: decode rows
    (one token per slot) and prompt tokens (many per slot, causal through their positions) alike.
    q: token r's heads at q + r * q_stride (elements). pos[r] == idle_pos marks an idle decode slot:
    its output is zeros. out: [n, nkv * group, hd]. bf: q, the caches and out are bf16, else fp32.
+   pk, pv [nkv, np, hd]: positions 0..np-1 of every slot, read from there (np = 0: none).
    Returns 0, or -1 (shapes not handled, or no memory). */
 int mt_attention(const void *q, int64_t q_stride, const void *kc, const void *vc, const int64_t *slot,
                  const int64_t *pos, void *out, int64_t n, int64_t nkv, int64_t group, int64_t hd, int64_t L,
-                 int64_t idle_pos, float scale, int bf) {
+                 int64_t idle_pos, float scale, int bf, const void *pk, const void *pv, int64_t np) {
     if (hd % 16 != 0 || hd > MAX_HD || group > MAX_GROUP || group < 1) return -1;
     const int64_t sp = (L + 15) / 16 * 16;
     const size_t es = bf ? 2 : 4; /* element size */
@@ -246,8 +252,9 @@ int mt_attention(const void *q, int64_t q_stride, const void *kc, const void *vc
                 qf = buf;
             }
             const size_t base = (size_t)((slot[r] * nkv + j) * L * hd) * es;
-            head_group(qf, qb, (const char *)kc + base, (const char *)vc + base, o, s, pos[r] + 1, group, hd, sp,
-                       scale, bf);
+            const size_t pbase = (size_t)(j * np * hd) * es;
+            head_group(qf, qb, (const char *)kc + base, (const char *)vc + base, np ? (const char *)pk + pbase : NULL,
+                       np ? (const char *)pv + pbase : NULL, np, o, s, pos[r] + 1, group, hd, sp, scale, bf);
         }
         free(s);
     }
