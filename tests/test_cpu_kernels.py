@@ -169,6 +169,24 @@ def test_argmax_bf16_is_torch_argmax_with_ties_and_nan():
     assert cpu_kernels.argmax_bf16(x).tolist() == x.argmax(-1).tolist() == want
 
 
+@needs_kernels
+def test_topk_bf16_gives_the_k_largest_in_order_ties_to_the_earlier_index():
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn((5, 1000), generator=g) * 4).bfloat16()  # bf16: many exact ties
+    x[1, 3] = x[1, 700] = x[1, 999] = 50.0  # a three-way tie at the top
+    x[2, 990:] = 60.0  # the top 10 all in the tail block, all equal
+    x[3, 10] = float("nan")
+    x[4, :8] = -5.0
+    x[4, 8:] = -6.0
+    vals, idx = cpu_kernels.topk_bf16(x, 8)
+    want_vals, want_idx = x.float().topk(8, dim=-1)
+    assert torch.equal(vals.nan_to_num(99), want_vals.nan_to_num(99))  # the k largest, largest first; NaN largest
+    for r in range(5):  # the values at the returned indices are those values; equal values: earlier first
+        assert torch.equal(x[r, idx[r]].float(), vals[r]) or r == 3
+    assert idx[1, :3].tolist() == [3, 700, 999] and idx[2].tolist() == list(range(990, 998))
+    assert idx[3, 0] == 10 and idx[4].tolist() == list(range(8))
+
+
 def test_without_a_compiler_or_when_disabled_the_engine_keeps_torch(monkeypatch, tmp_path):
     monkeypatch.setenv("MATHTUNE_CACHE", str(tmp_path))  # no build cached from an earlier test
     try:

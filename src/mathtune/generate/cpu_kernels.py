@@ -94,6 +94,8 @@ def _library() -> Any:
     lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64, flag]
     lib.mt_argmax_bf16.argtypes = [ptr, i64, i64, ptr]
     lib.mt_argmax_bf16.restype = None
+    lib.mt_topk_bf16.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+    lib.mt_topk_bf16.restype = None
     lib.mt_silu_mul.restype = None
     return lib
 
@@ -208,3 +210,22 @@ def argmax_bf16(x):
     out = torch.empty(x.shape[0], dtype=torch.int64)
     _library().mt_argmax_bf16(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
     return out
+
+
+def topk_bf16(x, k: int):
+    """(values as fp32, indices) of the k largest of each row of a bf16 matrix [rows, n], largest
+    first; as torch.topk(x, k) up to the order of equal values (here: earlier index first)."""
+    import torch
+
+    x = x.contiguous()
+    if x.dtype != torch.bfloat16 or x.dim() != 2 or not 1 <= k <= min(16, x.shape[1]):
+        raise ValueError("topk_bf16 takes a 2-d bf16 tensor and 1 <= k <= min(16, columns)")
+    _check(x)
+    vals = torch.empty((x.shape[0], k), dtype=torch.float32)
+    idx = torch.empty((x.shape[0], k), dtype=torch.int64)
+    _library().mt_topk_bf16(x.data_ptr(), x.shape[0], x.shape[1], k, vals.data_ptr(), idx.data_ptr())
+    bad = vals[:, 0].isnan()
+    if bool(bad.any()):  # NaN rows: torch's rules (NaN counts as largest)
+        v, i = x[bad].float().topk(k, dim=-1)
+        vals[bad], idx[bad] = v, i
+    return vals, idx

@@ -380,6 +380,49 @@ void mt_argmax_bf16(const uint16_t *x, int64_t rows, int64_t n, int64_t *out) {
     }
 }
 
+/* The k largest of the n bf16 values of each row, largest first, an earlier index first among
+   equals: vals [rows, k] (fp32), idx [rows, k]. k <= 16 and n >= k. A row holding a NaN gets
+   vals[0] = NaN (the caller redoes it with torch). For the fp32 engine's greedy screen: torch's
+   topk took 5.8 ms on 200 x 49,152 here; blocks of 16 below the running k-th value are skipped
+   with one compare. */
+void mt_topk_bf16(const uint16_t *x, int64_t rows, int64_t n, int64_t k, float *vals, int64_t *idx) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint16_t *row = x + r * n;
+        float tv[16];
+        int64_t ti[16];
+        int64_t cnt = 0;
+        int nan = 0;
+        __m512 thr = _mm512_set1_ps(-INFINITY);
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 valid = tail_mask(n - d);
+            const __m512 v = ld_bf16(row + d, valid);
+            nan |= _mm512_mask_cmp_ps_mask(valid, v, v, _CMP_UNORD_Q) != 0;
+            __mmask16 hit = cnt < k ? valid : _mm512_mask_cmp_ps_mask(valid, v, thr, _CMP_GT_OQ);
+            while (hit) {
+                const int lane = __builtin_ctz(hit);
+                hit &= hit - 1;
+                const float val = ld1(row, d + lane, 1);
+                if (cnt == k && !(val > tv[k - 1])) continue;
+                int64_t at = cnt < k ? cnt++ : k - 1; /* a full list drops its last */
+                while (at > 0 && val > tv[at - 1]) {
+                    tv[at] = tv[at - 1];
+                    ti[at] = ti[at - 1];
+                    --at;
+                }
+                tv[at] = val;
+                ti[at] = d + lane;
+                if (cnt == k) thr = _mm512_set1_ps(tv[k - 1]);
+            }
+        }
+        for (int64_t j = 0; j < k; ++j) {
+            vals[r * k + j] = tv[j];
+            idx[r * k + j] = ti[j];
+        }
+        if (nan) vals[r * k] = NAN;
+    }
+}
+
 #else /* no AVX-512 (F, BW, VL): the engine keeps its torch path */
 
 int mt_available(void) { return 0; }
@@ -388,5 +431,6 @@ void mt_rope_store(void) {}
 void mt_rms_norm(void) {}
 void mt_silu_mul(void) {}
 void mt_argmax_bf16(void) {}
+void mt_topk_bf16(void) {}
 
 #endif
