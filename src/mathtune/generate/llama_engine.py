@@ -17,8 +17,10 @@ This engine computes the same function with fewer, larger operations:
 
 Numerics are those of the transformers model in the same dtype (same norms, rotary tables, softmax
 in fp32); only summation orders (and, in the kernels, an exp within about 1 ulp) differ, which
-moves logits in the last bits. tests/test_llama_engine.py holds every path to transformers' own
-fp32 error against an fp64 forward.
+moves logits in the last bits. In bf16 the engine stores the cache and the matmul inputs in bf16
+but keeps the residual stream and the kernels' arithmetic in fp32. tests/test_llama_engine.py holds
+every path to transformers' own error against an fp64 forward: in fp32 row by row, in bf16 on
+average (bf16 rounding on random weights is chaotic row by row, in transformers too).
 LoRA adapters (PEFT) are folded into the weights at construction; the model itself is not changed.
 `supports(model)` says why a model cannot use this engine; callers then fall back to transformers.
 """
