@@ -88,6 +88,27 @@ def test_greedy_eval_writes_records_and_summary(run, tmp_path, gsm8k_dir):
     assert summary["dtype"] == "auto" and summary["weights_dtype"] == "float32"  # asked vs what ran
 
 
+def test_bf16_eval_runs_the_fast_engine_and_says_so(run, tmp_path, monkeypatch):
+    """dtype bf16: the fast engine builds in bf16 (its kernels and oneDNN where the CPU has them),
+    and the summary says the weights ran in bfloat16, not only what was asked."""
+    import torch
+
+    from mathtune.generate.llama_engine import LlamaEngine
+
+    built = []
+    init = LlamaEngine.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        built.append(self.dtype)
+
+    monkeypatch.setattr(LlamaEngine, "__init__", spy)
+    summary = run(tmp_path / "bf", dtype="bf16")
+    assert built == [torch.bfloat16]
+    assert summary["dtype"] == "bf16" and summary["weights_dtype"] == "bfloat16"
+    assert summary["accuracy"]["flexible"]["n"] == 5 and summary["generated_tokens"] > 0
+
+
 def test_rerun_recomputes_nothing_and_rewrites_the_identical_summary(run, tmp_path, monkeypatch):
     out = tmp_path / "e"
     run(out)

@@ -92,11 +92,11 @@ def _library() -> Any:
     lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32, flag]
     lib.mt_rms_norm.restype = None
     lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64, flag]
+    lib.mt_silu_mul.restype = None
     lib.mt_argmax_bf16.argtypes = [ptr, i64, i64, ptr]
     lib.mt_argmax_bf16.restype = None
     lib.mt_topk_bf16.argtypes = [ptr, i64, i64, i64, ptr, ptr]
     lib.mt_topk_bf16.restype = None
-    lib.mt_silu_mul.restype = None
     return lib
 
 

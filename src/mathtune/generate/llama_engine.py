@@ -457,7 +457,7 @@ class LlamaEngine:
             return logits.float().argmax(-1)
         h_hi = h.to(torch.bfloat16)
         approx = _linear(h_hi, self._screen_head)  # summed in fp32, rounded to bf16 once more
-        if self.kernel:  # any k largest will do for the bound below; the C top-k is 5x faster
+        if self.kernel:  # any k largest will do for the bound below; C: 1.2 ms, torch.topk 5.8-8.5 (200 rows)
             vals, idx = cpu_kernels.topk_bf16(approx, self.screen_k)
         else:
             vals, idx = approx.topk(self.screen_k, dim=-1)
