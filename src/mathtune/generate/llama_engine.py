@@ -28,6 +28,7 @@ LoRA adapters (PEFT) are folded into the weights at construction; the model itse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from mathtune.generate import cpu_kernels
@@ -105,7 +106,6 @@ class _Step:
     pos: Any  # [T] position of each token
     n_dec: int
     dec_pos: Any
-    layer: int = 0  # the layer being computed (for the shared prefix's per-layer cache)
     width: int = 0
     mask: Any = None
     groups: list = field(default_factory=list)
@@ -153,6 +153,8 @@ class LlamaEngine:
         self.eps = cfg.rms_norm_eps
         self.inter = cfg.intermediate_size
         self.max_positions = cfg.max_position_embeddings
+        # oneDNN matmuls and the C kernels: for fp32 and bf16 on a CPU, where they work there
+        cpu_path = self.dtype in (torch.float32, torch.bfloat16) and self.device.type == "cpu"
 
         def cast(t):
             return None if t is None else t.to(self.dtype).contiguous()
@@ -180,12 +182,7 @@ class LlamaEngine:
             # Matmuls through oneDNN with each weight reordered once into its blocked layout: in
             # fp32 200-220 GFLOP/s at decode shapes on this project's 2-core CPU, against 165-190
             # for torch's default path (MKL) on plain weights; in bf16 about 420 (bench/RESULTS.md).
-            self.onednn = (
-                onednn
-                and self.dtype in (torch.float32, torch.bfloat16)
-                and self.device.type == "cpu"
-                and _onednn_ok(self.dtype)
-            )
+            self.onednn = onednn and cpu_path and _onednn_ok(self.dtype)
             if self.onednn:
                 for layer in self.layers:
                     layer.wqkv, layer.wo, layer.wgu, layer.wd = map(
@@ -197,12 +194,7 @@ class LlamaEngine:
             self.prepare_head()
         # The C kernels where they build (generate/cpu_kernels.py). Their attention wants values
         # stored like keys, [L, head_dim] per head; torch's bmm path is faster with them transposed.
-        self.kernel = (
-            kernels
-            and self.dtype in (torch.float32, torch.bfloat16)
-            and self.device.type == "cpu"
-            and cpu_kernels.available(self.group, self.head_dim)
-        )
+        self.kernel = kernels and cpu_path and cpu_kernels.available(self.group, self.head_dim)
         self._rotary = inner.rotary_emb
         self._cos = self._sin = self._sin_signed = None
         self.keys: list[Any] = []
@@ -318,9 +310,11 @@ class LlamaEngine:
         x = F.embedding(ids_t, self.embed).float()
         for li, layer in enumerate(self.layers):
             kc, vc = self.keys[li], self.values[li]
-            step.layer = li
             qkv = _linear(self._norm(x, layer.ln1), layer.wqkv, layer.bqkv)
-            out = self._attend_kernel(qkv, kc, vc, step) if self.kernel else self._attend_torch(qkv, kc, vc, step)
+            if self.kernel:
+                out = self._attend_kernel(qkv, kc, vc, step, self._shared[li] if self._shared else None)
+            else:
+                out = self._attend_torch(qkv, kc, vc, step)
             x = self._project_add(x, out.view(x.shape[0], -1), layer.wo)
             gu = _linear(self._norm(x, layer.ln2), layer.wgu)
             if self.kernel:
@@ -333,8 +327,9 @@ class LlamaEngine:
             x = x[torch.cat([torch.arange(n_dec, device=self.device), last])]
         return self._norm(x, self.norm)
 
-    def _attend_kernel(self, qkv, kc, vc, step: _Step):
-        """Rotary, cache writes and attention of every token of the step, in C."""
+    def _attend_kernel(self, qkv, kc, vc, step: _Step, shared):
+        """Rotary, cache writes and attention of every token of the step, in C; `shared`: this
+        layer's part of the `share_prefix` copy, or None."""
         nq, hd = self.n_heads, self.head_dim
         cpu_kernels.rope_store(
             qkv, n_heads=nq, n_kv=self.n_kv, head_dim=hd, cos=self._cos, sin=self._sin,
@@ -342,7 +337,6 @@ class LlamaEngine:
         )  # fmt: skip
         q = qkv[:, : nq * hd].view(-1, nq, hd)
         # idle decode slots sit at the scratch position, the last one: the kernel skips them
-        shared = self._shared[step.layer] if self._shared else None
         return cpu_kernels.attention(
             q, kc, vc, step.slot, step.pos, idle_pos=self.length - 1, scale=self.scale, shared=shared
         )
@@ -563,9 +557,11 @@ def _linear(x, w, b=None):
     return F.linear(x, w, b)
 
 
+@cache
 def _onednn_ok(dtype) -> bool:
     """oneDNN is in this torch build, runs `dtype` natively (bf16 needs AVX512-BF16 or AMX; emulated
-    it would be slower than the plain path), and its packed linear gives the plain one's result."""
+    it would be slower than the plain path), and its packed linear gives the plain one's result.
+    Checked once per process and dtype: every engine (one per evaluation) and its head ask again."""
     import torch
 
     if not torch.backends.mkldnn.is_available():

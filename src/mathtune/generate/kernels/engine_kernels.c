@@ -261,6 +261,19 @@ int mt_attention(const void *q, int64_t q_stride, const void *kc, const void *vc
     return failed ? -1 : 0;
 }
 
+/* x * cos + rotate_half(x) * sin for the head at element x of qkv, in place (bf constant: one
+   copy per storage type, each with plain loads and stores). */
+static inline __attribute__((always_inline)) void rotate_head(void *qkv, int64_t x, int64_t half, const float *c,
+                                                              const float *sn, int bf) {
+    for (int64_t d = 0; d < half; ++d) {
+        const float x1 = ld1(qkv, x + d, bf), x2 = ld1(qkv, x + d + half, bf);
+        const float a1 = x1 * c[d], b1 = x2 * sn[d];
+        const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
+        st1(qkv, x + d, a1 - b1, bf);
+        st1(qkv, x + d + half, a2 + b2, bf);
+    }
+}
+
 /* Rotary embedding of the query and key heads of each token, in place in qkv, then the token's
    key and value written to its cache slot at its position. As transformers computes it:
    x * cos + rotate_half(x) * sin, each product rounded, then added. bf: qkv and the caches are
@@ -274,25 +287,10 @@ void mt_rope_store(void *qkv, int64_t T, int64_t width, int64_t nq, int64_t nkv,
         const float *c = cos_t + pos[t] * hd, *sn = sin_t + pos[t] * hd;
         const int64_t row = t * width;
         for (int64_t h = 0; h < nq + nkv; ++h) {
-            const int64_t x = row + h * hd;
-            if (!bf) {
-                float *xf = (float *)qkv + x;
-                for (int64_t d = 0; d < half; ++d) {
-                    const float x1 = xf[d], x2 = xf[d + half];
-                    const float a1 = x1 * c[d], b1 = x2 * sn[d];
-                    const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
-                    xf[d] = a1 - b1;
-                    xf[d + half] = a2 + b2;
-                }
-                continue;
-            }
-            for (int64_t d = 0; d < half; ++d) {
-                const float x1 = ld1(qkv, x + d, 1), x2 = ld1(qkv, x + d + half, 1);
-                const float a1 = x1 * c[d], b1 = x2 * sn[d];
-                const float a2 = x2 * c[d + half], b2 = x1 * sn[d + half];
-                st1(qkv, x + d, a1 - b1, 1);
-                st1(qkv, x + d + half, a2 + b2, 1);
-            }
+            if (bf)
+                rotate_head(qkv, row + h * hd, half, c, sn, 1);
+            else
+                rotate_head(qkv, row + h * hd, half, c, sn, 0);
         }
         for (int64_t j = 0; j < nkv; ++j) {
             const size_t at = (size_t)(((slot[t] * nkv + j) * L + pos[t]) * hd) * es;
@@ -313,20 +311,11 @@ void mt_rms_norm(const float *x, const float *w, void *out, int64_t T, int64_t n
             const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - d), xr + d);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
-        const float r = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps);
-        if (!bf) {
-            float *o = (float *)out + t * n;
-            for (int64_t d = 0; d < n; ++d) {
-                const float y = xr[d] * r;
-                o[d] = y * w[d];
-            }
-            continue;
-        }
-        const __m512 rv = _mm512_set1_ps(r);
-        for (int64_t d = 0; d < n; d += 16) {
+        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps));
+        for (int64_t d = 0; d < n; d += 16) { /* (x * r) * w, each product rounded, as transformers */
             const __mmask16 k = tail_mask(n - d);
-            const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), rv);
-            st(out, t * n + d, k, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(k, w + d)), 1);
+            const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), r);
+            st(out, t * n + d, k, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(k, w + d)), bf);
         }
     }
 }
