@@ -93,6 +93,8 @@ static inline void st1(void *p, int64_t i, float f, int bf) {
 }
 
 #define MAX_GROUP 16
+#define VG 3 /* query heads and 16-float chunks per pass of the value loop (one_head_group) */
+#define VC 4
 #define MAX_HD 256
 
 /* Asks for value row t (into L2) while the score loop reads key row t: both streams then load at
@@ -168,19 +170,40 @@ static inline __attribute__((always_inline)) void one_head_group(const float *q,
         }
         inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
     }
-    /* out_i = sum_t p_i[t] V_t: V row by row, every query head of the group accumulating in
-       registers (no reductions) */
-    __m512 acc[MAX_GROUP][MAX_HD / 16];
-    for (int64_t i = 0; i < group; ++i)
-        for (int64_t c = 0; c < nv; ++c) acc[i][c] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < len; ++t) {
-        for (int64_t c = 0; c < nv; ++c) {
-            const __m512 v = ld(t < np ? Vp : V, t * hd + 16 * c, all, bf);
-            for (int64_t i = 0; i < group; ++i) acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[i * sp + t]), v, acc[i][c]);
+    /* out_i = sum_t p_i[t] V_t: V row by row, every query head accumulating in registers (no
+       reductions), up to VG heads x VC 16-float chunks per pass over the rows. A fixed-size block of
+       accumulators stays in registers; one sized for the largest group and head size lived on the
+       stack, a store per FMA, which made this loop half of the kernel's time. */
+    for (int64_t i0 = 0; i0 < group; i0 += VG) {
+        const int64_t gi = group - i0 < VG ? group - i0 : VG;
+        for (int64_t c0 = 0; c0 < nv; c0 += VC) {
+            const int64_t cn = nv - c0 < VC ? nv - c0 : VC;
+            __m512 acc[VG][VC];
+#pragma GCC unroll 8
+            for (int i = 0; i < VG; ++i)
+#pragma GCC unroll 8
+                for (int c = 0; c < VC; ++c) acc[i][c] = _mm512_setzero_ps();
+            for (int64_t t = 0; t < len; ++t) {
+                const void *vt = t < np ? Vp : V;
+#pragma GCC unroll 8
+                for (int c = 0; c < VC; ++c) {
+                    if (c >= cn) break;
+                    const __m512 v = ld(vt, t * hd + 16 * (c0 + c), all, bf);
+#pragma GCC unroll 8
+                    for (int i = 0; i < VG; ++i) {
+                        if (i >= gi) break;
+                        acc[i][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[(i0 + i) * sp + t]), v, acc[i][c]);
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < VG; ++i)
+#pragma GCC unroll 8
+                for (int c = 0; c < VC; ++c)
+                    if (i < gi && c < cn)
+                        st(o, (i0 + i) * hd + 16 * (c0 + c), all, _mm512_mul_ps(acc[i][c], _mm512_set1_ps(inv[i0 + i])), bf);
         }
     }
-    for (int64_t i = 0; i < group; ++i)
-        for (int64_t c = 0; c < nv; ++c) st(o, i * hd + 16 * c, all, _mm512_mul_ps(acc[i][c], _mm512_set1_ps(inv[i])), bf);
 }
 
 /* The common (group, head_dim) pairs get their own copies, so the compiler keeps the per-head
