@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -32,33 +31,14 @@ from mathtune.openmp import configure_openmp  # noqa: E402
 OPENMP = configure_openmp()
 
 
-def _other_kernel(source: Path):
-    """`mt_attention` from another version of the kernel source, built like cpu_kernels builds."""
+def _other_library(source: Path):
+    """Another version of the kernel source, built and bound as cpu_kernels does its own."""
     from mathtune.generate import cpu_kernels
 
-    out = Path(tempfile.mkdtemp(prefix="mathtune-bench-attention-")) / "other.so"
-    subprocess.run(["cc", *cpu_kernels._FLAGS, str(source), "-o", str(out), "-lm"], check=True)
-    lib = ctypes.CDLL(str(out))
-    i64, ptr, f32, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
-    lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32, flag]
-    lib.mt_attention.argtypes += [ptr, ptr, i64]
-    lib.mt_attention.restype = ctypes.c_int
-
-    def attention(q, kc, vc, slot, pos, *, idle_pos, scale):
-        import torch
-
-        n, heads, hd = q.shape
-        out = torch.empty_like(q)
-        bf = int(q.dtype == torch.bfloat16)
-        args = (kc.data_ptr(), vc.data_ptr(), slot.data_ptr(), pos.data_ptr(), out.data_ptr(), n, kc.shape[1])
-        rc = lib.mt_attention(
-            q.data_ptr(), q.stride(0), *args, heads // kc.shape[1], hd, kc.shape[2], idle_pos, scale, bf, None, None, 0
-        )
-        if rc != 0:
-            raise RuntimeError("the other kernel refused these shapes")
-        return out
-
-    return attention
+    compiler = cpu_kernels._compiler()
+    if compiler is None:
+        sys.exit("--against needs a C compiler")
+    return cpu_kernels._bind(ctypes.CDLL(str(cpu_kernels._build(compiler, source))))
 
 
 def _best(fn, repeats: int) -> float:
@@ -103,8 +83,12 @@ def main() -> None:
         f"{args.dtype}, threads {torch.get_num_threads()}, OpenMP wait: {OPENMP}"
     )
 
-    def ours(fn=cpu_kernels.attention):
-        return [fn(q, kc, vc, slot, pos, idle_pos=length - 1, scale=scale) for kc, vc in caches]
+    def ours():
+        return [cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=length - 1, scale=scale) for kc, vc in caches]
+
+    def other_kernel(lib):
+        with mock.patch.object(cpu_kernels, "_library", lambda: lib):  # the same wrapper, the other build
+            return ours()
 
     def theirs():
         qs = q[:, :, None]  # [rows, heads, 1, hd]
@@ -126,9 +110,9 @@ def main() -> None:
     print(f"mathtune kernel: {t_ours * 1e3:.1f} ms ({kv_bytes / t_ours / 1e9:.1f} GB/s of cache read)")
     print(f"torch SDPA: {t_theirs * 1e3:.1f} ms")
     if args.against is not None:
-        other = _other_kernel(args.against)
-        same = all(torch.equal(a, b) for a, b in zip(ours(), ours(other), strict=True))
-        t_other = _best(lambda: ours(other), args.repeats)
+        lib = _other_library(args.against)
+        same = all(torch.equal(a, b) for a, b in zip(ours(), other_kernel(lib), strict=True))
+        t_other = _best(lambda: other_kernel(lib), args.repeats)
         print(f"{args.against}: {t_other * 1e3:.1f} ms; outputs bit-identical to this kernel's: {same}")
         print(f"this kernel vs {args.against.name}: {t_other / t_ours:.2f}x")
     print(f"RATIO attention {t_theirs / t_ours:.2f}")

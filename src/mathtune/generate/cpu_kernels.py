@@ -42,10 +42,16 @@ def _cpu_key() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _build(compiler: str) -> Path:
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _build(compiler: str, source_path: Path = _SOURCE) -> Path:
+    """The shared library of `source_path` (this package's kernels unless another version is asked
+    for, as bench/attention.py does), compiled once per source, flags and CPU."""
     from mathtune.models import cache_dir
 
-    source = _SOURCE.read_bytes()
+    source = source_path.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode() + _cpu_key().encode()).hexdigest()[:16]
     out = cache_dir() / "kernels" / f"engine_kernels-{key}.so"
     if out.exists():
@@ -54,9 +60,8 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True, timeout=120
-        )
+        command = [compiler, *_FLAGS, str(source_path), "-o", tmp, "-lm"]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
         if os.path.exists(tmp):
@@ -68,7 +73,7 @@ def _build(compiler: str) -> Path:
 def _library() -> Any:
     if os.environ.get("MATHTUNE_KERNELS", "1") == "0":
         return None
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    compiler = _compiler()
     if compiler is None:
         log.info("no C compiler found: the fast engine uses torch ops")
         return None
@@ -83,6 +88,11 @@ def _library() -> Any:
     if not lib.mt_available():
         log.info("this CPU has no AVX-512: the fast engine uses torch ops")
         return None
+    return _bind(lib)
+
+
+def _bind(lib: Any) -> Any:
+    """`lib` (a ctypes library of the kernel source) with its functions' signatures declared."""
     i64, ptr, f32, flag = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     prefix = [ptr, ptr, i64]  # the shared prefix: keys, values, length
     lib.mt_attention.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, f32, flag, *prefix]
