@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="mathtune's decoding loops (default: its own choice; 1: one loop)"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="time mathtune only")
     ap.add_argument("--output", type=Path, default=None, help="eval output dir (default: a temp dir)")
     args = ap.parse_args()
@@ -77,11 +80,14 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.workers:
+        os.environ["MATHTUNE_DECODE_WORKERS"] = str(args.workers)
     model, tok, _ = load_model(args.model, dtype=args.dtype)
     problems = load_gsm8k(args.data, "test", limit=args.limit)
     print(
         f"{len(problems)} items, max_new_tokens {args.max_new_tokens}, dtype {next(model.parameters()).dtype}, "
-        f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, OpenMP wait: {OPENMP}, "
+        f"threads {torch.get_num_threads()}, decode workers {os.environ.get('MATHTUNE_DECODE_WORKERS', 'auto')}, "
+        f"cpus {os.cpu_count()}, OpenMP wait: {OPENMP}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
 

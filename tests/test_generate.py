@@ -261,3 +261,75 @@ def test_merged_cache_gives_the_logits_of_separate_decoding(tiny_model_dir, one_
     for got, order in cases:
         for g, i in zip(got, order, strict=True):
             assert torch.allclose(g, alone[i], atol=1e-4, rtol=1e-4)
+
+
+def test_decoding_loops_in_threads_give_each_prompt_the_same_generations(chaotic, one_thread):
+    import threading
+
+    import torch
+
+    from mathtune.generate.hf import HFBackend
+
+    model, tok = chaotic
+    prompts = _prompts(tok) * 2  # 10 prompts: several per loop
+    seeds = [derive_seed(3, f"p{i}") for i in range(len(prompts))]
+    runs = {}
+    for workers in (1, 2, 3):
+        where: dict[int, str] = {}
+        be = HFBackend(model, tok, batch_size=4, engine="fast", workers=workers)
+        for kw in (dict(max_new_tokens=9), dict(n=2, temperature=1.0, max_new_tokens=9)):
+
+            def note(i, gens, seen=where):
+                seen[i] = threading.current_thread().name
+
+            res = be.generate(prompts, seeds=seeds, on_done=note, **kw)
+            runs.setdefault(workers, []).append([[(g.text, g.tokens, g.finish_reason) for g in r] for r in res])
+        assert len(where) == len(prompts)
+        assert len(set(where.values())) == workers  # that many loops really ran
+        assert torch.get_num_threads() == 1  # the caller's thread count is back
+    assert runs[2] == runs[1] and runs[3] == runs[1]
+
+
+def test_an_error_in_one_decoding_loop_stops_the_others_and_is_raised(chaotic, one_thread, monkeypatch):
+    import threading
+
+    from mathtune.generate.hf import HFBackend
+    from mathtune.generate.llama_engine import LlamaEngine
+
+    model, tok = chaotic
+    be = HFBackend(model, tok, batch_size=4, engine="fast", workers=2)
+    steps: dict[str, int] = {}
+    forward = LlamaEngine.forward
+
+    def counting(self, *a, **k):
+        name = threading.current_thread().name
+        steps[name] = steps.get(name, 0) + 1
+        if steps[name] == 3 and name.endswith("_0"):
+            raise RuntimeError("loop 0 failed")
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(LlamaEngine, "forward", counting)
+    with pytest.raises(RuntimeError, match="loop 0 failed"):
+        be.generate(_prompts(tok) * 2, max_new_tokens=60)
+    assert len(steps) == 2
+    assert max(steps.values()) < 20  # the other loop stopped too, long before its 60 tokens
+
+
+def test_decode_worker_count(monkeypatch):
+    from types import SimpleNamespace
+
+    from mathtune.generate.engine_loop import cpu_workers
+
+    cpu = SimpleNamespace(device=SimpleNamespace(type="cpu"))
+    monkeypatch.delenv("MATHTUNE_DECODE_WORKERS", raising=False)
+    assert cpu_workers(cpu, 1319, 2) == 2
+    assert cpu_workers(cpu, 100, 2) == 1  # a second loop would get under 64 rows
+    assert cpu_workers(cpu, 1319, 1) == 1
+    assert cpu_workers(cpu, 1000, 16) == 15
+    assert cpu_workers(SimpleNamespace(device=SimpleNamespace(type="cuda")), 1319, 16) == 1
+    monkeypatch.setenv("MATHTUNE_DECODE_WORKERS", "3")
+    assert cpu_workers(cpu, 10, 1) == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MATHTUNE_DECODE_WORKERS", bad)
+        with pytest.raises(UserError, match="MATHTUNE_DECODE_WORKERS"):
+            cpu_workers(cpu, 1319, 2)

@@ -72,6 +72,7 @@ class HFBackend:
         refill: bool = True,
         autocast_bf16: bool = False,
         engine: str = "auto",
+        workers: int | None = None,
     ):
         self.model = model
         self.tok = tokenizer
@@ -89,6 +90,9 @@ class HFBackend:
         if engine not in ("auto", "fast", "transformers"):
             raise ValueError(f"engine {engine!r}: choose auto, fast or transformers")
         self.engine = engine
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers {workers}: must be at least 1 (or None: chosen per call)")
+        self.workers = workers  # the fast engine's decoding loops (engine_loop.cpu_workers when None)
         self._engine = None
 
     def fast_engine(self):
@@ -155,8 +159,9 @@ class HFBackend:
             return results  # type: ignore[return-value]
         engine = self.fast_engine()
         if engine is not None:
-            from mathtune.generate.engine_loop import run_engine
+            from mathtune.generate.engine_loop import cpu_workers, run_engine
 
+            workers = self.workers or cpu_workers(engine, len(pending), torch.get_num_threads())
             with torch.inference_mode():
                 run_engine(
                     self,
@@ -167,6 +172,7 @@ class HFBackend:
                     top_p=top_p,
                     max_new_tokens=max_new_tokens,
                     stop=stop,
+                    workers=workers,
                 )
             return results  # type: ignore[return-value]
         # bf16 autocast is opt-in: measured on SmolLM2 it changes the greedy text of about half the

@@ -27,6 +27,7 @@ LoRA adapters (PEFT) are folded into the weights at construction; the model itse
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -202,6 +203,13 @@ class LlamaEngine:
         self._shared: list[tuple[Any, Any]] | None = None
 
     # ---- cache ----------------------------------------------------------------------------------
+
+    def replica(self) -> LlamaEngine:
+        """An engine over the same weights (shared, never written) with a cache of its own: one per
+        decoding loop when several run side by side (engine_loop.run_engine)."""
+        twin = copy.copy(self)
+        twin.keys, twin.values, twin._shared = [], [], None
+        return twin
 
     def allocate(self, slots: int, length: int) -> None:
         """(Re)allocate the KV cache: `slots` rows of `length` positions each."""
