@@ -31,6 +31,7 @@ from mathtune.data.gsm8k import Problem, load_gsm8k
 from mathtune.errors import SettingsMismatchError, UserError
 from mathtune.generate.base import Generation, derive_seed, make_backend
 from mathtune.io import JsonlAppender, atomic_write_json, check_writable_dir, dumps, read_json, read_jsonl, write_jsonl
+from mathtune.locks import holds_dir_lock
 from mathtune.prompts import build_prompt, get_style, stop_sequences
 
 RECORDS = "records.jsonl"
@@ -188,6 +189,7 @@ def _progress(enabled: bool, total: int) -> Callable[[int, int], None]:
     return report
 
 
+@holds_dir_lock("output")
 def evaluate_gsm8k(
     *,
     model: str,

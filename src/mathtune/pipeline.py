@@ -18,6 +18,7 @@ from typing import Any
 
 from mathtune.config import RunConfig
 from mathtune.io import atomic_write_json, read_json
+from mathtune.locks import holds_dir_lock
 
 STAGES_NAME = "stages.json"
 GSM8K_LIKE = ("gsm_symbolic", "gsm8k_selfverify")
@@ -203,6 +204,7 @@ def other_tasks(cfg: RunConfig) -> list[str]:
     return out
 
 
+@holds_dir_lock("run_dir")
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Run every stage into `run_dir` (resuming from its artifacts) and return the report.html path."""
     from mathtune.rundir import prepare_run_dir

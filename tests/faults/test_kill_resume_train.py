@@ -23,6 +23,7 @@ from faults.conftest import (
     train_args,
 )
 from mathtune.io import read_json
+from mathtune.locks import LOCK_NAME
 
 
 def test_killed_run_left_a_resumable_state_and_no_summary(runs):
@@ -37,7 +38,10 @@ def test_killed_run_left_a_resumable_state_and_no_summary(runs):
 def test_unfinished_run_is_refused_without_resume(runs, tiny_model_dir, fault_data, tmp_path, capsys):
     run = tmp_path / "killed"
     shutil.copytree(runs.train_killed, run)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # The killed process left its lock file (its lock died with it); the next process to take the
+    # directory removes it. Every artifact stays as it was.
+    assert (run / LOCK_NAME).is_file()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_NAME}
     assert main_rc(train_args(tiny_model_dir, fault_data, run)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --resume to continue it" in err[0]

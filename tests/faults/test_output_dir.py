@@ -15,12 +15,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import mathtune.io as mio
-from faults.conftest import EVAL_LIMIT, eval_args, main_rc, train_args
+from faults.conftest import EVAL_KILL_AFTER, EVAL_LIMIT, eval_args, main_rc, start_cli, train_args
 from mathtune.errors import UserError
 from mathtune.io import JsonlAppender, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
@@ -237,3 +239,47 @@ def test_check_writable_dir_messages(tmp_path):
         mio.check_writable_dir(f / "sub")
     assert mio.check_writable_dir(tmp_path / "new" / "deeper").is_dir()
     assert [p.name for p in (tmp_path / "new" / "deeper").iterdir()] == []  # the probe file is removed
+
+
+HOLD_LOCK = """
+import sys, time
+from mathtune.locks import dir_lock
+with dir_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_busy_run_directory_is_exit_2_one_line_naming_the_holder(command, tiny_model_dir, fault_data, tmp_path,
+                                                                   capsys, no_model_loading):  # fmt: skip
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main_rc(commands(tiny_model_dir, fault_data, out)[command]) == 2
+        line = one_error_line(capsys)
+        assert f"{out}: in use by another mathtune process (pid {holder.pid})" in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's; nothing written, no config.yaml
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_a_second_eval_into_a_busy_folder_is_refused_and_the_kill_frees_it(tiny_model_dir, fault_data, tmp_path,
+                                                                           capsys):  # fmt: skip
+    out = tmp_path / "ev"
+    first = start_cli(eval_args(tiny_model_dir, fault_data, out), tmp_path, pause_after_records=EVAL_KILL_AFTER)
+    try:
+        first.wait_paused()
+        before = (out / "records.jsonl").read_bytes()
+        assert main_rc(eval_args(tiny_model_dir, fault_data, out)) == 2
+        assert f"in use by another mathtune process (pid {first.proc.pid})" in one_error_line(capsys)
+        assert (out / "records.jsonl").read_bytes() == before  # the first run's records untouched
+        first.sigkill()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+    # SIGKILL released the lock (no stale lock file to remove): the same command resumes and finishes
+    assert main_rc(eval_args(tiny_model_dir, fault_data, out)) == 0
+    assert [r["id"] for r in read_jsonl(out / "records.jsonl")] == [f"test-{i}" for i in range(EVAL_LIMIT)]

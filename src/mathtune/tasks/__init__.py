@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mathtune.errors import UserError
+from mathtune.locks import holds_dir_lock
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 
+@holds_dir_lock("output")
 def evaluate_task(
     task: str,
     *,

@@ -20,6 +20,7 @@ from typing import Any
 from mathtune.config import RunConfig
 from mathtune.errors import UserError
 from mathtune.io import atomic_write_json, atomic_write_text, dumps, iter_jsonl, read_json
+from mathtune.locks import holds_dir_lock
 from mathtune.rundir import is_finished, prepare_run_dir
 from mathtune.train.callbacks import (
     CompactProgress,
@@ -238,6 +239,7 @@ def _param_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
+@holds_dir_lock("run_dir")
 def train(
     cfg: RunConfig,
     run_dir: str | Path,
