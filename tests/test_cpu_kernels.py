@@ -108,9 +108,12 @@ def test_rms_norm_and_silu_mul_match_transformers():
 
 
 @needs_kernels
-def test_attention_in_bf16_matches_fp64_of_the_bf16_inputs():
+@pytest.mark.parametrize(("nkv", "group", "hd"), [(3, 3, 64), (2, 5, 48)])
+def test_attention_in_bf16_matches_fp64_of_the_bf16_inputs(nkv, group, hd):
+    # hd 64: AVX512-BF16's dot products for q . K where the CPU has them; hd 48 (not a multiple of
+    # 32) and a group of 5: the loop that widens the keys to fp32, as on AVX-512 CPUs without them.
     g = torch.Generator().manual_seed(3)
-    nkv, group, hd, slots, length = 3, 3, 64, 3, 50
+    slots, length = 3, 50
     kc = (torch.randn((slots, nkv, length, hd), generator=g) * 3).bfloat16()
     vc = torch.randn((slots, nkv, length, hd), generator=g).bfloat16()
     qkv = (torch.randn((4, (nkv * group + 2 * nkv) * hd), generator=g) * 3).bfloat16()
