@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,33 @@ def make_problem(i: int) -> dict[str, str]:
         "question": f"Tom has {a} apples and buys {b} more. How many apples does he have now?",
         "answer": f"Tom has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}",
     }
+
+
+_HOLD_LOCK = """
+import sys, time
+from mathtune.locks import dir_lock
+with dir_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def lock_holder():
+    """hold(directory): start another process that takes `directory`'s mathtune lock and keeps it;
+    returns that process once it holds the lock. Every one is killed at the end of the test."""
+    procs: list[subprocess.Popen] = []
+
+    def hold(directory: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture

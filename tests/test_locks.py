@@ -14,27 +14,14 @@ from mathtune.locks import LOCK_NAME, dir_lock
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks only")
 
-HOLD = """
-import sys, time
-from mathtune.locks import dir_lock
-with dir_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(120)
-"""
 TRY = "import sys\nfrom mathtune.locks import dir_lock\nwith dir_lock(sys.argv[1]): pass"
 
 
 @pytest.fixture
-def holder(tmp_path):
+def holder(tmp_path, lock_holder):
     """Another process holding tmp_path/'out' (killed at the end)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        yield out, proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    return out, lock_holder(out)
 
 
 def test_a_second_process_is_refused_with_the_holders_pid(holder):

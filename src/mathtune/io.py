@@ -171,6 +171,11 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
+def unwritable(path: str | os.PathLike, error: OSError) -> UserError:
+    """The one-line error for an output directory that cannot be created or written."""
+    return UserError(f"{path}: output directory is not writable ({error.strerror or error})")
+
+
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Fail before any work starts when the output directory cannot be written."""
     path = Path(path)
@@ -180,7 +185,7 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise UserError(f"{path}: output directory is not writable ({e.strerror or e})") from None
+        raise unwritable(path, e) from None
     return path
 
 

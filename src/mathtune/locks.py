@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mathtune.errors import UserError
+from mathtune.io import unwritable
 
 LOCK_NAME = ".lock"
 
@@ -49,7 +50,7 @@ def dir_lock(directory: str | os.PathLike) -> Iterator[Path]:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{path}: output directory is not writable ({e.strerror or e})") from None
+        raise unwritable(path, e) from None
     key = path.resolve()
     with _guard:
         entry = _held.get(key)
@@ -102,7 +103,7 @@ def _acquire(fcntl, path: Path, lock: Path) -> int:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise UserError(f"{path}: output directory is not writable ({e.strerror or e})") from None
+            raise unwritable(path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -241,29 +239,15 @@ def test_check_writable_dir_messages(tmp_path):
     assert [p.name for p in (tmp_path / "new" / "deeper").iterdir()] == []  # the probe file is removed
 
 
-HOLD_LOCK = """
-import sys, time
-from mathtune.locks import dir_lock
-with dir_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_a_busy_run_directory_is_exit_2_one_line_naming_the_holder(command, tiny_model_dir, fault_data, tmp_path,
-                                                                   capsys, no_model_loading):  # fmt: skip
+                                                                   capsys, no_model_loading, lock_holder):  # fmt: skip
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert main_rc(commands(tiny_model_dir, fault_data, out)[command]) == 2
-        line = one_error_line(capsys)
-        assert f"{out}: in use by another mathtune process (pid {holder.pid})" in line
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's; nothing written, no config.yaml
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
+    holder = lock_holder(out)
+    assert main_rc(commands(tiny_model_dir, fault_data, out)[command]) == 2
+    line = one_error_line(capsys)
+    assert f"{out}: in use by another mathtune process (pid {holder.pid})" in line
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's; nothing written, no config.yaml
 
 
 def test_a_second_eval_into_a_busy_folder_is_refused_and_the_kill_frees_it(tiny_model_dir, fault_data, tmp_path,
