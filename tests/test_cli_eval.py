@@ -42,6 +42,26 @@ def test_eval_writes_records_and_summary(base_args, tmp_path, capsys):
     assert "accuracy (flexible)" in capsys.readouterr().out
 
 
+def test_ctrl_c_mid_eval_is_exit_130_and_leaves_no_summary(base_args, tmp_path, capsys, monkeypatch):
+    # typer, outside standalone mode, returns 130 for Ctrl-C instead of raising: it used to end as exit 0.
+    from mathtune.generate.hf import HFBackend
+
+    generate = HFBackend.generate
+
+    def interrupted(self, *a, on_done=None, **k):
+        def done(i, gens):
+            on_done(i, gens)
+            raise KeyboardInterrupt  # after the first item is finished
+
+        return generate(self, *a, on_done=done, **k)
+
+    monkeypatch.setattr(HFBackend, "generate", interrupted)
+    out = tmp_path / "e"
+    assert _cli(*base_args, "--output", out) == 130
+    assert "interrupted; finished work is on disk" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+
+
 def test_set_and_config_layering(base_args, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("eval:\n  max_new_tokens: 5\n  top_p: 0.9\n  prompt: zero-shot-cot\n")

@@ -152,6 +152,15 @@ def test_bf16_rope_norm_and_silu_are_the_fp32_kernels_rounded_once():
     got = cpu_kernels.rms_norm(x, w, 1e-5, out_dtype=torch.bfloat16)
     assert got.dtype == torch.bfloat16 and torch.equal(got, cpu_kernels.rms_norm(x, w, 1e-5).bfloat16())
 
+    # the residual add fused into the norm: x.add_(y) then the norm, bit for bit, x updated in place
+    y = (torch.randn((7, 100), generator=g) * 3).bfloat16()
+    fused_x = x.clone()
+    got = cpu_kernels.add_rms_norm(fused_x, y, w, 1e-5, out_dtype=torch.bfloat16)
+    x.add_(y)
+    assert torch.equal(fused_x, x)
+    assert torch.equal(got, cpu_kernels.rms_norm(x, w, 1e-5, out_dtype=torch.bfloat16))
+    assert torch.equal(cpu_kernels.add_rms_norm(x.clone(), y, w, 1e-5), cpu_kernels.rms_norm(x + y, w, 1e-5))
+
     gu = (torch.randn((5, 2 * 90), generator=g) * 6).bfloat16()
     got = cpu_kernels.silu_mul(gu, 90)
     assert got.dtype == torch.bfloat16 and torch.equal(got, cpu_kernels.silu_mul(gu.float(), 90).bfloat16())

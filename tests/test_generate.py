@@ -263,13 +263,14 @@ def test_merged_cache_gives_the_logits_of_separate_decoding(tiny_model_dir, one_
             assert torch.allclose(g, alone[i], atol=1e-4, rtol=1e-4)
 
 
-def test_decoding_loops_in_threads_give_each_prompt_the_same_generations(chaotic, one_thread):
+def test_decoding_loops_in_threads_give_each_prompt_the_same_generations(chaotic, one_thread, monkeypatch):
     import threading
 
     import torch
 
     from mathtune.generate.hf import HFBackend
 
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "0")
     model, tok = chaotic
     prompts = _prompts(tok) * 2  # 10 prompts: several per loop
     seeds = [derive_seed(3, f"p{i}") for i in range(len(prompts))]
@@ -296,6 +297,7 @@ def test_an_error_in_one_decoding_loop_stops_the_others_and_is_raised(chaotic, o
     from mathtune.generate.hf import HFBackend
     from mathtune.generate.llama_engine import LlamaEngine
 
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "0")
     model, tok = chaotic
     be = HFBackend(model, tok, batch_size=4, engine="fast", workers=2)
     steps: dict[str, int] = {}
@@ -313,6 +315,121 @@ def test_an_error_in_one_decoding_loop_stops_the_others_and_is_raised(chaotic, o
         be.generate(_prompts(tok) * 2, max_new_tokens=60)
     assert len(steps) == 2
     assert max(steps.values()) < 20  # the other loop stopped too, long before its 60 tokens
+
+
+def _log_steps(monkeypatch, log, fail=None):
+    """Patch the engine's forward to append this process's pid to `log` at every step; `fail(step)`
+    may raise or exit in the process whose step it is. Forked children inherit the patch."""
+    import os
+
+    from mathtune.generate.llama_engine import LlamaEngine
+
+    forward = LlamaEngine.forward
+
+    def logged(self, *a, **k):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if fail is not None:
+            fail(log.read_text().split().count(str(os.getpid())))
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(LlamaEngine, "forward", logged)
+
+
+def test_decoding_loops_in_processes_give_each_prompt_the_same_generations(chaotic, one_thread, monkeypatch,
+                                                                           tmp_path):  # fmt: skip
+    import os
+
+    from mathtune.generate.hf import HFBackend
+
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "1")
+    model, tok = chaotic
+    prompts = _prompts(tok) * 6  # enough that every child claims some before the first is done
+    seeds = [derive_seed(3, f"p{i}") for i in range(len(prompts))]
+    runs = {}
+    log = tmp_path / "steps"
+    _log_steps(monkeypatch, log)
+    for workers in (1, 2, 3):
+        log.write_text("")
+        done_in: dict[int, int] = {}
+        be = HFBackend(model, tok, batch_size=4, engine="fast", workers=workers)
+        for kw in (dict(max_new_tokens=9), dict(n=2, temperature=1.0, max_new_tokens=9)):
+            res = be.generate(prompts, seeds=seeds, on_done=lambda i, g, d=done_in: d.setdefault(i, os.getpid()), **kw)
+            runs.setdefault(workers, []).append([[(g.text, g.tokens, g.finish_reason) for g in r] for r in res])
+        assert set(done_in.values()) == {os.getpid()}  # results come back to the caller's process
+        loops = set(log.read_text().split())
+        if workers == 1:
+            assert loops == {str(os.getpid())}
+        else:  # each loop ran in its own child, 2 calls x `workers` children
+            assert len(loops) == 2 * workers and str(os.getpid()) not in loops
+    assert runs[2] == runs[1] and runs[3] == runs[1]
+
+
+def test_an_error_in_one_decoding_process_stops_the_others_and_is_raised(chaotic, one_thread, monkeypatch, tmp_path):
+    import os
+    import time
+
+    from mathtune.generate.hf import HFBackend
+
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "1")
+    model, tok = chaotic
+    first = tmp_path / "first"
+
+    def fail(step):
+        if step == 3:
+            try:
+                os.close(os.open(first, os.O_CREAT | os.O_EXCL))  # only the first child to get here
+            except FileExistsError:
+                return
+            deadline = time.monotonic() + 30
+            while len(set(log.read_text().split())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the other child is decoding too
+            raise ValueError("loop failed")
+
+    log = tmp_path / "steps"
+    _log_steps(monkeypatch, log, fail)
+    be = HFBackend(model, tok, batch_size=4, engine="fast", workers=2)
+    with pytest.raises(ValueError, match="loop failed"):
+        be.generate(_prompts(tok) * 2, max_new_tokens=200)
+    steps = [log.read_text().split().count(p) for p in set(log.read_text().split())]
+    assert len(steps) == 2 and max(steps) < 100  # the other child was stopped long before 200 tokens
+
+
+def test_a_decoding_process_that_dies_is_reported(chaotic, one_thread, monkeypatch, tmp_path):
+    import os
+
+    from mathtune.generate.hf import HFBackend
+
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "1")
+    model, tok = chaotic
+    _log_steps(monkeypatch, tmp_path / "steps", lambda step: step == 2 and os._exit(3))
+    be = HFBackend(model, tok, batch_size=4, engine="fast", workers=2)
+    with pytest.raises(RuntimeError, match=r"decoding process ended abruptly \(exit code 3\)"):
+        be.generate(_prompts(tok) * 2, max_new_tokens=20)
+
+
+def test_when_decoding_loops_run_as_processes(monkeypatch):
+    from types import SimpleNamespace
+
+    from mathtune.generate import engine_procs
+
+    cpu, cuda = SimpleNamespace(type="cpu"), SimpleNamespace(type="cuda")
+    monkeypatch.delenv("MATHTUNE_DECODE_PROCESSES", raising=False)
+    monkeypatch.setattr(engine_procs, "_can_fork", lambda: True)
+    assert engine_procs.use_processes(cpu, 2, 2)  # one thread per loop
+    assert engine_procs.use_processes(cpu, 1, 3)
+    assert not engine_procs.use_processes(cpu, 16, 4)  # 4 threads per loop: a forked child cannot use them
+    assert not engine_procs.use_processes(cpu, 2, 1)
+    assert not engine_procs.use_processes(cuda, 2, 2)
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "0")
+    assert not engine_procs.use_processes(cpu, 2, 2)
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "1")
+    assert engine_procs.use_processes(cpu, 16, 4)
+    monkeypatch.setattr(engine_procs, "_can_fork", lambda: False)
+    assert not engine_procs.use_processes(cpu, 2, 2)  # no fork here (macOS, Windows): threads
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", "yes")
+    with pytest.raises(UserError, match="MATHTUNE_DECODE_PROCESSES"):
+        engine_procs.use_processes(cpu, 2, 2)
 
 
 def test_decode_worker_count(monkeypatch):

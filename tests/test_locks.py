@@ -70,3 +70,25 @@ def test_an_output_path_that_is_a_file_is_a_user_error(tmp_path):
     f.write_text("x")
     with pytest.raises(UserError, match="output directory is not writable"), dir_lock(f / "out"):
         pass
+
+
+def test_a_forked_child_outliving_its_killed_parent_does_not_keep_the_lock(tmp_path):
+    # The decoding processes (generate/engine_procs.py) are forked while an evaluation holds its
+    # directory. Had they kept their copy of the lock's descriptor, one outliving a SIGKILLed
+    # evaluation would keep the directory locked against the resume.
+    out = tmp_path / "out"
+    script = (
+        "import os, sys, time\nfrom mathtune.locks import dir_lock\nwith dir_lock(sys.argv[1]):\n"
+        "    pid = os.fork()\n    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n"
+        "    print(pid, flush=True)\n    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        parent.kill()
+        parent.wait(timeout=30)
+        os.kill(child, 0)  # the child lives on
+        with dir_lock(out):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)

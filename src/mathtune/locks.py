@@ -34,6 +34,22 @@ _held: dict[Path, list[int]] = {}  # resolved directory -> [descriptor, depth]
 _guard = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """After a fork (engine_procs' decoding processes): the child closes its copies of the lock
+    descriptors. An flock lasts while any descriptor of it is open, so a child that outlived its
+    parent would otherwise keep the directory locked."""
+    global _guard
+    _guard = threading.Lock()  # another thread may have held it at the fork
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 @contextlib.contextmanager
 def dir_lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold `directory`'s lock (creating the directory) for the block; a UserError (exit 2) naming

@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     configure_openmp()
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # Outside standalone mode, typer (0.29) turns Ctrl-C and `typer.Exit` into a returned exit
+        # code (130 for Ctrl-C) instead of raising them; the commands themselves return None.
+        if isinstance(code, int) and code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as e:
         print(f"mathtune: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

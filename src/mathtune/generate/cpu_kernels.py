@@ -101,6 +101,8 @@ def _bind(lib: Any) -> Any:
     lib.mt_rope_store.restype = None
     lib.mt_rms_norm.argtypes = [ptr, ptr, ptr, i64, i64, f32, flag]
     lib.mt_rms_norm.restype = None
+    lib.mt_add_rms_norm.argtypes = [ptr, ptr, ptr, ptr, i64, i64, f32, flag]
+    lib.mt_add_rms_norm.restype = None
     lib.mt_silu_mul.argtypes = [ptr, ptr, i64, i64, flag]
     lib.mt_silu_mul.restype = None
     lib.mt_argmax_bf16.argtypes = [ptr, i64, i64, ptr]
@@ -194,6 +196,26 @@ def rms_norm(x, weight, eps: float, out_dtype=None):
     out = torch.empty(x.shape, dtype=out_dtype or torch.float32)
     bf = _check(out)
     _library().mt_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps, bf)
+    return out
+
+
+def add_rms_norm(x, y, weight, eps: float, out_dtype=None):
+    """x += y in place (x [T, n] fp32, contiguous; y bf16, the sum rounded once as torch's
+    x.add_(y)), then `rms_norm(x, weight, eps, out_dtype)`, in one pass over each row."""
+    import torch
+
+    if not x.is_contiguous():
+        raise ValueError("add_rms_norm: x must be contiguous (it is updated in place)")
+    y, weight = y.contiguous(), weight.float().contiguous()
+    _check(x, weight, dtype=torch.float32)
+    _check(y, dtype=torch.bfloat16)
+    if y.shape != x.shape:
+        raise ValueError("add_rms_norm: x and y must have the same shape")
+    out = torch.empty(x.shape, dtype=out_dtype or torch.float32)
+    bf = _check(out)
+    _library().mt_add_rms_norm(
+        x.data_ptr(), y.data_ptr(), weight.data_ptr(), out.data_ptr(), x.shape[0], x.shape[1], eps, bf
+    )
     return out
 
 

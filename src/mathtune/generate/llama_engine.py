@@ -315,39 +315,59 @@ class LlamaEngine:
         step = _Step(slot_t, pos_t, n_dec, dec_pos)
         if not self.kernel:
             self._prepare_torch_step(step, prefills, spans)
+        keep = None  # the tokens whose hidden state is returned, when that is not all of them
+        if spans:
+            last = torch.tensor([b - 1 for _, b in spans], dtype=torch.long, device=self.device)
+            keep = torch.cat([torch.arange(n_dec, device=self.device), last])
+        # bf16 with the kernels: a matmul's output is added to the fp32 residual stream by the kernel
+        # of the norm after it (one pass instead of two; the same roundings as x.add_(y))
+        fused = self.kernel and self.dtype == torch.bfloat16
+        resid = None  # the last down projection, not yet added to x (fused)
         x = F.embedding(ids_t, self.embed).float()
         for li, layer in enumerate(self.layers):
             kc, vc = self.keys[li], self.values[li]
-            qkv = _linear(self._norm(x, layer.ln1), layer.wqkv, layer.bqkv)
+            qkv = _linear(self._norm(x, layer.ln1, resid), layer.wqkv, layer.bqkv)
             if self.kernel:
-                out = self._attend_kernel(qkv, kc, vc, step, self._shared[li] if self._shared else None)
+                # The last layer's output is needed only for `keep`: the other prompt tokens stop
+                # once their keys and values are cached (a sixth of a step's tokens skip 84% of a
+                # layer's matmuls).
+                trim = keep if li == len(self.layers) - 1 else None
+                out = self._attend_kernel(qkv, kc, vc, step, self._shared[li] if self._shared else None, trim)
+                if trim is not None:
+                    x, keep = x[trim], None
             else:
                 out = self._attend_torch(qkv, kc, vc, step)
-            x = self._project_add(x, out.view(x.shape[0], -1), layer.wo)
-            gu = _linear(self._norm(x, layer.ln2), layer.wgu)
+            if fused:
+                h = self._norm(x, layer.ln2, _linear(out.view(x.shape[0], -1), layer.wo))
+            else:
+                x = self._project_add(x, out.view(x.shape[0], -1), layer.wo)
+                h = self._norm(x, layer.ln2)
+            gu = _linear(h, layer.wgu)
             if self.kernel:
                 act = cpu_kernels.silu_mul(gu, self.inter)
             else:
                 act = F.silu(gu[:, : self.inter]) * gu[:, self.inter :]
-            x = self._project_add(x, act, layer.wd)
-        if spans:
-            last = torch.tensor([b - 1 for _, b in spans], dtype=torch.long, device=self.device)
-            x = x[torch.cat([torch.arange(n_dec, device=self.device), last])]
-        return self._norm(x, self.norm)
+            if fused:
+                resid = _linear(act, layer.wd)
+            else:
+                x = self._project_add(x, act, layer.wd)
+        if keep is not None:
+            x = x[keep]
+        return self._norm(x, self.norm, resid)
 
-    def _attend_kernel(self, qkv, kc, vc, step: _Step, shared):
-        """Rotary, cache writes and attention of every token of the step, in C; `shared`: this
-        layer's part of the `share_prefix` copy, or None."""
+    def _attend_kernel(self, qkv, kc, vc, step: _Step, shared, rows=None):
+        """Rotary and cache writes of every token of the step, then attention of every token or of
+        `rows` (indices) only, in C; `shared`: this layer's part of the `share_prefix` copy, or None."""
         nq, hd = self.n_heads, self.head_dim
         cpu_kernels.rope_store(
             qkv, n_heads=nq, n_kv=self.n_kv, head_dim=hd, cos=self._cos, sin=self._sin,
             slot=step.slot, pos=step.pos, kc=kc, vc=vc,
         )  # fmt: skip
-        q = qkv[:, : nq * hd].view(-1, nq, hd)
+        q, slot, pos = qkv[:, : nq * hd].view(-1, nq, hd), step.slot, step.pos
+        if rows is not None:
+            q, slot, pos = q[rows], slot[rows], pos[rows]
         # idle decode slots sit at the scratch position, the last one: the kernel skips them
-        return cpu_kernels.attention(
-            q, kc, vc, step.slot, step.pos, idle_pos=self.length - 1, scale=self.scale, shared=shared
-        )
+        return cpu_kernels.attention(q, kc, vc, slot, pos, idle_pos=self.length - 1, scale=self.scale, shared=shared)
 
     def _prepare_torch_step(self, step: _Step, prefills: list[Prefill], spans) -> None:
         """What `_attend_torch` shares across layers: rotary rows, the decode mask, prompt groups."""
@@ -546,10 +566,13 @@ class LlamaEngine:
         out = torch.matmul(scores.softmax(-1).to(self.dtype), vals)  # [kv, g, T, D]
         return out.reshape(self.n_heads, t, self.head_dim).transpose(0, 1)
 
-    def _norm(self, x, weight):
-        """transformers' RMSNorm (x / rms(x) * weight, in fp32): in C, or torch's kernel."""
+    def _norm(self, x, weight, resid=None):
+        """transformers' RMSNorm (x / rms(x) * weight, in fp32): in C, or torch's kernel. With
+        `resid` (the bf16 path's last matmul output), x += resid first, in place, in the same pass."""
         import torch.nn.functional as F  # noqa: N812
 
+        if resid is not None:
+            return cpu_kernels.add_rms_norm(x, resid, weight, self.eps, out_dtype=self.dtype)
         if self.kernel:
             return cpu_kernels.rms_norm(x, weight, self.eps, out_dtype=self.dtype)
         return F.rms_norm(x, (x.shape[-1],), weight.float(), self.eps).to(self.dtype)

@@ -379,6 +379,29 @@ void mt_rms_norm(const float *x, const float *w, void *out, int64_t T, int64_t n
     }
 }
 
+/* x += y, then out = RMSNorm(x) as mt_rms_norm, in one pass per row: the residual add of a bf16
+   matmul's output y (x fp32; the sum rounded once, as torch's x.add_(y)) and the next norm. */
+void mt_add_rms_norm(float *x, const uint16_t *y, const float *w, void *out, int64_t T, int64_t n, float eps, int bf) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        float *xr = x + t * n;
+        const uint16_t *yr = y + t * n;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 k = tail_mask(n - d);
+            const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, xr + d), ld_bf16(yr + d, k));
+            _mm512_mask_storeu_ps(xr + d, k, v);
+            acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps));
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 k = tail_mask(n - d);
+            const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), r);
+            st(out, t * n + d, k, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + d)), bf);
+        }
+    }
+}
+
 /* out[t, :inter] = silu(gu[t, :inter]) * gu[t, inter:], silu(g) = g / (1 + exp(-g)) as torch;
    bf: gu and out are bf16. */
 void mt_silu_mul(const void *gu, void *out, int64_t T, int64_t inter, int bf) {
@@ -477,6 +500,7 @@ int mt_available(void) { return 0; }
 int mt_attention(void) { return -1; }
 void mt_rope_store(void) {}
 void mt_rms_norm(void) {}
+void mt_add_rms_norm(void) {}
 void mt_silu_mul(void) {}
 void mt_argmax_bf16(void) {}
 void mt_topk_bf16(void) {}
