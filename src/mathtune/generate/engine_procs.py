@@ -3,9 +3,9 @@
 `engine_loop.run_engine` can split the prompts over several decoding loops. In threads, the loops
 share the interpreter lock: every op dispatch, C-kernel call and scheduler step of one loop waits
 while the other runs Python, and a decode step of a small model is ~300 such calls. Sampled with
-py-spy on 2 cores (400 GSM8K items, bf16), 6% of the loops' time went to waiting for the lock, and
-the full test set took 326.7 s in threads against 299.9 s in two processes in the same hour
-(bench/RESULTS.md, eighth session).
+py-spy on 2 cores (400 GSM8K items, bf16), the decode threads were waiting for the lock in 6% of
+their samples; the full test set in bf16 took 326.7 s in threads and 313.2 s in processes, an hour
+apart (bench/RESULTS.md, eighth session).
 
 A forked child shares the parent's weights (copy-on-write; they are only read) and builds its own
 KV cache. It sends each finished row back through a pipe; the parent passes it to `finish`, so
