@@ -88,7 +88,8 @@ class Claims:
     1% different token counts, yet one process finished 23 s (7%) before the other: the two
     cores of this VM do not run at one speed. The counter lives in shared memory, so forked
     decoding processes (engine_procs) claim from it too. Which rows share a step now depends on
-    timing; in bf16 that changed one text of 1,319 in one of five full runs (bench/RESULTS.md)."""
+    timing. bf16 texts depend slightly on the batch (as before this class), so a bf16 run changed
+    one text of 1,319 in one of five full runs; fp32 showed no batch dependence (bench/RESULTS.md)."""
 
     def __init__(self, pending: list, context: Any = None):
         import multiprocessing as mp
