@@ -230,3 +230,20 @@ def test_a_shared_prefix_is_read_from_its_one_copy_with_the_same_logits():
         eng.allocate(1, 8)
         assert eng._shared is None  # a new cache forgets the prefix
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_row_alone_gets_the_same_matmul_result_as_in_a_batch(dtype):
+    # oneDNN runs a single row through another kernel (another summation order): the last row of a
+    # run, alone in its step, used to come out a few ulps off, which flipped a bf16 near-tie.
+    from mathtune.generate.llama_engine import _linear, _onednn_ok, _onednn_pack
+
+    dt = getattr(torch, dtype)
+    if not _onednn_ok(dt):
+        pytest.skip(f"oneDNN does not run {dtype} here")
+    g = torch.Generator().manual_seed(0)
+    w = _onednn_pack(torch.randn((576, 1536), generator=g).to(dt))  # SmolLM2's down projection
+    x = torch.randn((5, 1536), generator=g).to(dt)
+    batch = _linear(x, w)
+    for i in range(5):
+        assert torch.equal(_linear(x[i : i + 1].contiguous(), w), batch[i : i + 1])

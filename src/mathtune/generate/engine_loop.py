@@ -88,8 +88,7 @@ class Claims:
     1% different token counts, yet one process finished 23 s (7%) before the other: the two
     cores of this VM do not run at one speed. The counter lives in shared memory, so forked
     decoding processes (engine_procs) claim from it too. Which rows share a step now depends on
-    timing. bf16 texts depend slightly on the batch (as before this class), so a bf16 run changed
-    one text of 1,319 in one of five full runs; fp32 showed no batch dependence (bench/RESULTS.md)."""
+    timing, so a row's result must not depend on its neighbours (llama_engine._one_row)."""
 
     def __init__(self, pending: list, context: Any = None):
         import multiprocessing as mp

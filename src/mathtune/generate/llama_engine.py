@@ -431,6 +431,8 @@ class LlamaEngine:
 
         if w.is_mkldnn:
             if a.dtype == torch.float32:
+                if a.shape[0] == 1:  # see _one_row
+                    return torch.ops.mkldnn._linear_pointwise.binary(_one_row(a), _one_row(x), w, None, "add")[:1]
                 return torch.ops.mkldnn._linear_pointwise.binary(a, x, w, None, "add")
             return x.add_(_linear(a, w))  # x is this step's own tensor (from `forward`)
         if a.dtype == torch.float32:
@@ -584,8 +586,18 @@ def _linear(x, w, b=None):
     import torch.nn.functional as F  # noqa: N812
 
     if w.is_mkldnn:
+        if x.shape[0] == 1:  # see _one_row
+            return torch.ops.mkldnn._linear_pointwise(_one_row(x), w, b, "none", [], "")[:1]
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)
+
+
+def _one_row(x):
+    """A one-row input twice: oneDNN runs a single row through another kernel, with another
+    summation order, so a row alone in its step (the last rows of a run) came out a few ulps apart
+    from the same row in a batch; in bf16 that flipped a near-tie (1 of 40 texts differed between
+    batch 3 and batch 40, bench/RESULTS.md, eighth session). Two rows take the batched kernel."""
+    return x.expand(2, -1).contiguous()
 
 
 @cache
