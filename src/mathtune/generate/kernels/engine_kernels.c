@@ -409,6 +409,18 @@ void mt_rope_store(void *qkv, int64_t T, int64_t width, int64_t nq, int64_t nkv,
     }
 }
 
+/* The second half of RMSNorm for one row xr of n floats, given acc (16 lanes summing to x . x):
+   out[at..] = (x * rsqrt(mean(x^2) + eps)) * w, each product rounded, as transformers. */
+static inline void normalize_row(const float *xr, __m512 acc, const float *w, void *out, int64_t at, int64_t n,
+                                 float eps, int bf) {
+    const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps));
+    for (int64_t d = 0; d < n; d += 16) {
+        const __mmask16 k = tail_mask(n - d);
+        const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), r);
+        st(out, at + d, k, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(k, w + d)), bf);
+    }
+}
+
 /* out = (x * rsqrt(mean(x^2) + eps)) * w per row of n floats (transformers' LlamaRMSNorm); x and w
    fp32, out fp32 or (bf) bf16, rounded once. */
 void mt_rms_norm(const float *x, const float *w, void *out, int64_t T, int64_t n, float eps, int bf) {
@@ -420,12 +432,7 @@ void mt_rms_norm(const float *x, const float *w, void *out, int64_t T, int64_t n
             const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - d), xr + d);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
-        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps));
-        for (int64_t d = 0; d < n; d += 16) { /* (x * r) * w, each product rounded, as transformers */
-            const __mmask16 k = tail_mask(n - d);
-            const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), r);
-            st(out, t * n + d, k, _mm512_mul_ps(y, _mm512_maskz_loadu_ps(k, w + d)), bf);
-        }
+        normalize_row(xr, acc, w, out, t * n, n, eps, bf);
     }
 }
 
@@ -443,12 +450,7 @@ void mt_add_rms_norm(float *x, const uint16_t *y, const float *w, void *out, int
             _mm512_mask_storeu_ps(xr + d, k, v);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
-        const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)n + eps));
-        for (int64_t d = 0; d < n; d += 16) {
-            const __mmask16 k = tail_mask(n - d);
-            const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + d), r);
-            st(out, t * n + d, k, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + d)), bf);
-        }
+        normalize_row(xr, acc, w, out, t * n, n, eps, bf);
     }
 }
 
