@@ -450,3 +450,83 @@ def test_decode_worker_count(monkeypatch):
         monkeypatch.setenv("MATHTUNE_DECODE_WORKERS", bad)
         with pytest.raises(UserError, match="MATHTUNE_DECODE_WORKERS"):
             cpu_workers(cpu, 1319, 2)
+
+
+def test_claims_even_out_the_loops_rows_once_every_prompt_is_taken():
+    from types import SimpleNamespace
+
+    from mathtune.generate.engine_loop import Claims
+
+    rows = [SimpleNamespace(prompt_idx=i // 2) for i in range(24)]  # 12 prompts of 2 rows
+    claims = Claims(rows, loops=2)
+    try:
+        for _ in range(11):
+            assert len(claims.claim(0)) == 2
+        assert claims.plan_move(0, 22) is None  # a prompt is still there to claim
+        assert claims.claim(1) == rows[22:]
+        assert claims.claim(1) is None
+        assert claims.plan_move(0, 21) is None  # rows are waiting or on their way to loop 0
+        assert claims.plan_move(0, 22) == (1, 10)  # 22 against 2: ten move, and both count 12
+        assert list(claims.count) == [12, 12]
+        assert claims.plan_move(1, 12) is None
+        claims.release(0, 9)
+        assert claims.plan_move(1, 12) == (0, 4)  # 12 against 3
+        assert claims.plan_move(0, 7) is None  # 7 against 8: within MIN_GAP
+        assert not claims.leave(0)  # rows are still on their way to it
+        claims.release(0, 7)
+        assert claims.leave(0)
+        claims.release(1, 6)
+        assert claims.plan_move(1, 2) is None  # nobody left to take them
+    finally:
+        claims.close()
+
+
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_rows_moved_between_decoding_loops_keep_their_generations(chaotic, one_thread, monkeypatch, tmp_path,
+                                                                  processes):  # fmt: skip
+    """One loop claims all prompts but the last (the other waits), so it must hand rows over, caches
+    and sampling states included; every prompt still gets what one loop gives it."""
+    import time
+
+    from mathtune.generate.engine_loop import Claims
+    from mathtune.generate.hf import HFBackend
+
+    monkeypatch.setenv("MATHTUNE_DECODE_PROCESSES", processes)
+    model, tok = chaotic
+    prompts = _prompts(tok) * 2
+    seeds = [derive_seed(5, f"p{i}") for i in range(len(prompts))]
+    claim, plan = Claims.claim, Claims.plan_move
+    moves = tmp_path / "moves"
+    moves.write_text("")
+
+    def late_claim(self, loop=0):  # loop 0 takes every prompt but the last, loop 1 only that one
+        deadline = time.monotonic() + 30
+        while loop == 1 and self._next.value < len(self.groups) - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if loop == 0 and self._next.value == len(self.groups) - 1:
+            while self._next.value < len(self.groups) and time.monotonic() < deadline:
+                time.sleep(0.005)  # until loop 1 has its prompt: then loop 0 has all its rows to run
+            return None
+        return claim(self, loop)
+
+    def logged_plan(self, loop, running):
+        out = plan(self, loop, running)
+        if out is not None:
+            with open(moves, "a") as f:
+                f.write(f"{out[1]}\n")
+        return out
+
+    runs = []
+    for workers in (1, 2):
+        if workers == 2:
+            monkeypatch.setattr(Claims, "claim", late_claim)
+            monkeypatch.setattr(Claims, "plan_move", logged_plan)
+        be = HFBackend(model, tok, batch_size=64, engine="fast", workers=workers)
+        res = [
+            be.generate(prompts, seeds=seeds, **kw)
+            for kw in (dict(max_new_tokens=12), dict(n=2, temperature=1.0, max_new_tokens=12))
+        ]
+        runs.append([[[(g.text, g.tokens, g.finish_reason) for g in r] for r in rs] for rs in res])
+    moved = [int(n) for n in moves.read_text().split()]
+    assert len(moved) >= 2 and min(moved) >= 2  # in both calls, rows really moved
+    assert runs[1] == runs[0]

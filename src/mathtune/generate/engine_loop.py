@@ -86,13 +86,23 @@ class Claims:
     they have room, first come first served, so a loop that runs faster takes more. Dealt out in
     advance, equal shares ended far apart: on the full GSM8K test set the two loops' prompts held
     1% different token counts, yet one process finished 23 s (7%) before the other: the two
-    cores of this VM do not run at one speed. The counter lives in shared memory, so forked
-    decoding processes (engine_procs) claim from it too. Which rows share a step now depends on
-    timing, so a row's result must not depend on its neighbours (llama_engine._one_row)."""
+    cores of this VM do not run at one speed.
 
-    def __init__(self, pending: list, context: Any = None):
+    Once every prompt is taken, the loops even out their rows (`plan_move`): how long a row runs is
+    only known when it ends, so with first come alone one loop kept more of the long rows and ran
+    alone at the end (200 GSM8K items, fp32: the two processes' loops took 87.1 and 75.3 s). A loop
+    with more rows than another hands it some, cache included (`_Queue.give`). `count` holds each
+    loop's rows: claimed (waiting or running) or on their way to it, and not finished.
+    The counters live in shared memory and the rows travel through queues, so forked decoding
+    processes (engine_procs) share them too. Which rows share a step depends on timing, so a row's
+    result must not depend on its neighbours (llama_engine._one_row)."""
+
+    MIN_GAP = 4  # rows; a move costs a copy of each row's cache (~10-20 ms for 300 positions of SmolLM2)
+
+    def __init__(self, pending: list, loops: int = 1, context: Any = None):
         import multiprocessing as mp
 
+        ctx = context or mp
         at: dict[int, int] = {}
         self.groups: list[list] = []  # rows of each prompt, in `pending`'s order
         for r in pending:
@@ -100,34 +110,142 @@ class Claims:
                 at[r.prompt_idx] = len(self.groups)
                 self.groups.append([])
             self.groups[at[r.prompt_idx]].append(r)
-        self._next = (context or mp).Value("q", 0)
+        self._next = ctx.Value("q", 0)  # its lock guards the arrays too
+        self.count = ctx.Array("q", loops, lock=False)
+        self._open = ctx.Array("b", [1] * loops, lock=False)  # 0 once a loop has ended: it gets no more rows
+        self.inboxes = [ctx.Queue() for _ in range(loops)] if loops > 1 else []
 
-    def claim(self) -> list | None:
-        """The next prompt's rows, or None when every prompt has been taken."""
+    def claim(self, loop: int = 0) -> list | None:
+        """The next prompt's rows for loop `loop`, or None when every prompt has been taken."""
         with self._next.get_lock():
             i = self._next.value
             if i >= len(self.groups):
                 return None
             self._next.value = i + 1
+            self.count[loop] += len(self.groups[i])
         return self.groups[i]
+
+    def release(self, loop: int, rows: int) -> None:
+        """`rows` of loop `loop`'s rows have finished."""
+        with self._next.get_lock():
+            self.count[loop] -= rows
+
+    def plan_move(self, loop: int, running: int) -> tuple[int, int] | None:
+        """(other loop, n) when loop `loop`, running `running` rows, should hand n of them to
+        another loop, which counts them as its own from now on; None while prompts are left to
+        claim, while rows are waiting in or on their way to `loop`, or when the loops are within
+        MIN_GAP rows of each other."""
+        with self._next.get_lock():
+            if self._next.value < len(self.groups) or self.count[loop] != running:
+                return None
+            others = [o for o in range(len(self.count)) if o != loop and self._open[o]]
+            if not others:
+                return None
+            to = min(others, key=lambda o: self.count[o])
+            gap = self.count[loop] - self.count[to]
+            if gap < self.MIN_GAP:
+                return None
+            n = gap // 2
+            self.count[loop] -= n
+            self.count[to] += n
+            return to, n
+
+    def close(self) -> None:
+        """Let go of the queues (after an error rows may be left in them; don't wait to flush)."""
+        for q in self.inboxes:
+            q.cancel_join_thread()
+            q.close()
+
+    def leave(self, loop: int) -> bool:
+        """Whether loop `loop`, with nothing running or waiting, may end: not while rows are on
+        their way to it. Once it has said yes, no rows are moved to it."""
+        with self._next.get_lock():
+            if self.count[loop] > 0:
+                return False
+            self._open[loop] = 0
+            return True
 
 
 class _Queue:
     """One loop's waiting rows for `_run`, as the list it otherwise gets (`pop(0)`, truth): refilled
-    from `Claims` one prompt at a time when it runs empty."""
+    from `Claims` one prompt at a time when it runs empty. Also the loop's side of the moves of
+    running rows between loops (`give`, `receive`)."""
 
-    def __init__(self, claims: Claims):
-        self.claims, self.rows = claims, []
+    def __init__(self, claims: Claims, loop: int = 0):
+        self.claims, self.loop, self.rows = claims, loop, []
 
     def __bool__(self) -> bool:
         if not self.rows:
-            self.rows.extend(self.claims.claim() or [])
+            self.rows.extend(self.claims.claim(self.loop) or [])
         return bool(self.rows)
 
     def pop(self, i: int) -> Any:
         if not self:
             raise IndexError("no rows left")
         return self.rows.pop(i)
+
+    def release(self, rows: int) -> None:
+        self.claims.release(self.loop, rows)
+
+    def give(self, engine: Any, pending: list, active: list, running: set[int], last, pos, scratch: int) -> None:
+        """Hand rows to a loop with fewer (Claims.plan_move): those in the highest slots, which
+        joined last and have the most tokens left to run, with their caches."""
+
+        plan = self.claims.plan_move(self.loop, len(running)) if not self.rows else None
+        if plan is None:
+            return
+        to, n = plan
+        index = {id(r): i for i, r in enumerate(pending)}
+        for s in sorted(running, reverse=True)[:n]:
+            row, p = active[s], int(pos[s])
+            gen = row.generator.get_state() if row.generator is not None else None
+            # as raw bytes: numpy has no bf16, and a queue pickles arrays as one copy
+            cache = [(_raw(k), _raw(v)) for k, v in engine.save_prefix(s, p)]
+            state = (index[id(row)], row.out, row.seconds, gen, int(last[s]), p)
+            self.claims.inboxes[to].put((state, cache))
+            active[s] = None
+            running.discard(s)
+            pos[s] = scratch
+
+    def leave(self) -> bool:
+        """Whether the loop, with nothing running or waiting, may end (Claims.leave)."""
+        return self.claims.leave(self.loop)
+
+    def receive(self, engine: Any, pending: list, active: list, running: set[int], last, pos, wait: bool) -> None:
+        """Take the rows other loops handed this one into free slots; with `wait`, wait up to
+        half a second for the first (the loop has nothing else to do)."""
+        import queue as queue_mod
+
+        inbox = self.claims.inboxes[self.loop]
+        while True:
+            try:
+                state, cache = inbox.get(timeout=0.5) if wait else inbox.get_nowait()
+            except queue_mod.Empty:
+                return
+            wait = False
+            i, out, seconds, gen, token, p = state
+            row = pending[i]
+            row.out, row.seconds = out, seconds
+            if gen is not None:
+                row.generator.set_state(gen)
+            s = active.index(None)  # there is one: a loop is sent at most as many rows as the sender runs
+            dtype, device = engine.keys[0].dtype, engine.device
+            engine.load_prefix([(_unraw(k, dtype, device), _unraw(v, dtype, device)) for k, v in cache], s)
+            active[s] = row
+            running.add(s)
+            last[s], pos[s] = token, p
+
+
+def _raw(t: Any) -> Any:
+    import torch
+
+    return t.detach().cpu().contiguous().view(torch.uint8).numpy()
+
+
+def _unraw(a: Any, dtype: Any, device: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(a).view(dtype).to(device)
 
 
 def run_engine(
@@ -166,10 +284,13 @@ def run_engine(
     engines = [engine] + [engine.replica() for _ in range(loops - 1)]
     kw["share"] = 1 / loops
     if use_processes(engine.device, threads, loops):
-        claims = Claims(pending, fork_context())
-        run_in_processes(_run, backend, engines, pending, lambda: _Queue(claims), finish, kw)
+        claims = Claims(pending, loops, fork_context())
+        try:
+            run_in_processes(_run, backend, engines, pending, lambda i: _Queue(claims, i), finish, kw)
+        finally:
+            claims.close()
         return
-    claims = Claims(pending)
+    claims = Claims(pending, loops)
     lock = threading.Lock()
     cancel = threading.Event()
     live = [loops]
@@ -178,7 +299,7 @@ def run_engine(
         with lock:
             finish(row)
 
-    def work(eng: Any) -> None:
+    def work(i: int, eng: Any) -> None:
         wanted = 0
 
         def each_step() -> None:
@@ -192,7 +313,7 @@ def run_engine(
 
         try:
             with torch.inference_mode():
-                _run(backend, eng, pending, locked_finish, queue=_Queue(claims), each_step=each_step, **kw)
+                _run(backend, eng, pending, locked_finish, queue=_Queue(claims, i), each_step=each_step, **kw)
         except BaseException:
             cancel.set()
             raise
@@ -202,7 +323,7 @@ def run_engine(
 
     try:
         with ThreadPoolExecutor(loops, thread_name_prefix="mathtune-decode") as pool:
-            futures = [pool.submit(work, e) for e in engines]
+            futures = [pool.submit(work, i, e) for i, e in enumerate(engines)]
             try:
                 errors = [f.exception() for f in futures]
             except BaseException:  # Ctrl-C while waiting: the loops stop at their next step
@@ -212,6 +333,7 @@ def run_engine(
         if first is not None:
             raise first
     finally:
+        claims.close()
         torch.set_num_threads(threads)  # new threads start with the last value set in any thread
 
 
@@ -260,11 +382,14 @@ def _run(
     running: set[int] = set()  # slots whose row has a token to feed
     last = torch.zeros(slots, dtype=torch.long, device=device)
     pos = torch.full((slots,), scratch, dtype=torch.long, device=device)
+    moves = queue if isinstance(queue, _Queue) and len(queue.claims.inboxes) > 1 else None
     queue = list(pending) if queue is None else queue
-    while queue or running:
+    while queue or running or (moves is not None and not moves.leave()):
         if each_step is not None:
             each_step()
         t0 = time.perf_counter()
+        if moves is not None:  # rows other loops handed over, cache included
+            moves.receive(engine, pending, active, running, last, pos, wait=not running and not queue)
         # ---- admit waiting rows into free slots ----------------------------------------------
         prefills, fresh, copies, reused = [], [], [], []
         first_slot: dict[int, int] = {}
@@ -343,12 +468,17 @@ def _run(
                 last[s] = t
                 pos[s] = len(row.ids) + len(row.out) - 1
         if not queue and running:
-            _compact(engine, active, running, last, pos, scratch)
+            if moves is not None:
+                moves.give(engine, pending, active, running, last, pos, scratch)
+            if running:
+                _compact(engine, active, running, last, pos, scratch)
         share = (time.perf_counter() - t0) / len(chosen_rows)
         for row in chosen_rows:
             row.seconds += share
         for row in done:
             finish(row)
+        if done and isinstance(queue, _Queue):
+            queue.release(len(done))
 
 
 def _compact(engine, active, running: set[int], last, pos, scratch: int) -> None:

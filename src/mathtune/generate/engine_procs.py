@@ -53,8 +53,8 @@ def fork_context() -> Any:
 
 
 def run_in_processes(run, backend: Any, engines: list, pending: list, make_queue, finish, kw: dict) -> None:
-    """`run(backend, engine, pending, report, queue=make_queue(), **kw)` (engine_loop._run) for
-    each engine in its own forked process, the queues handing out `pending`'s rows (engine_loop.Claims,
+    """`run(backend, engine, pending, report, queue=make_queue(i), **kw)` (engine_loop._run) for
+    the i-th engine in its own forked process, the queues handing out `pending`'s rows (engine_loop.Claims,
     whose counter is shared); `finish(row)` is called here, in this process, as rows end. The first
     error in a child (or Ctrl-C here) stops every child and is raised; rows finished before it have
     been passed to `finish`."""
@@ -62,9 +62,9 @@ def run_in_processes(run, backend: Any, engines: list, pending: list, make_queue
 
     ctx = fork_context()
     children = []
-    for engine in engines:
+    for i, engine in enumerate(engines):
         recv, send = ctx.Pipe(duplex=False)
-        args = (run, backend, engine, pending, make_queue, send, kw, os.getpid())
+        args = (run, backend, engine, pending, lambda i=i: make_queue(i), send, kw, os.getpid())
         children.append((ctx.Process(target=_child, args=args, daemon=True), recv, send))
     sys.stdout.flush()
     sys.stderr.flush()
