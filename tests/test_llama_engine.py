@@ -176,7 +176,18 @@ def test_greedy_screening_returns_the_exact_argmax_even_for_near_ties():
     top = exact.topk(2, dim=-1).values
     clear = (top[:, 0] - top[:, 1]) > 1e-4
     want = exact.argmax(-1)
-    got = eng.greedy(h)
+    full = []  # rows given full fp32 logits
+    logits = eng.logits
+    eng.logits = lambda x: full.extend([1] * len(x)) or logits(x)
+    got, unsettled = {}, {}
+    for wide in (eng.screen_k, 16, 48):  # the second look as wide as the first, under and over 40
+        eng.screen_wide = wide
+        full.clear()
+        got[wide], unsettled[wide] = eng.greedy(h), len(full)
+    assert torch.equal(got[16], got[8]) and torch.equal(got[48], got[8])
+    assert unsettled[16] > 0  # full logits decide where the near-copies outnumber the candidates
+    assert unsettled[48] < unsettled[8] / 10  # and 48 candidates cover the 40 near-copies
+    got = got[48]
     near = want[:250][clear[:250]]
     assert len(near) > 200 and len(set(near.tolist())) > 5 and (near < 40).all()  # near-ties decide
     assert torch.equal(got[clear], want[clear])
