@@ -190,7 +190,6 @@ class _Queue:
     def give(self, engine: Any, pending: list, active: list, running: set[int], last, pos, scratch: int) -> None:
         """Hand rows to a loop with fewer (Claims.plan_move): those in the highest slots, which
         joined last and have the most tokens left to run, with their caches."""
-
         plan = self.claims.plan_move(self.loop, len(running)) if not self.rows else None
         if plan is None:
             return
