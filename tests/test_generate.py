@@ -495,9 +495,10 @@ def test_rows_moved_between_decoding_loops_keep_their_generations(chaotic, one_t
     model, tok = chaotic
     prompts = _prompts(tok) * 2
     seeds = [derive_seed(5, f"p{i}") for i in range(len(prompts))]
-    claim, plan = Claims.claim, Claims.plan_move
+    claim, plan, leave = Claims.claim, Claims.plan_move, Claims.leave
     moves = tmp_path / "moves"
     moves.write_text("")
+    before = [0]  # moves logged before the current call
 
     def late_claim(self, loop=0):  # loop 0 takes every prompt but the last, loop 1 only that one
         deadline = time.monotonic() + 30
@@ -508,6 +509,12 @@ def test_rows_moved_between_decoding_loops_keep_their_generations(chaotic, one_t
                 time.sleep(0.005)  # until loop 1 has its prompt: then loop 0 has all its rows to run
             return None
         return claim(self, loop)
+
+    def late_leave(self, loop):  # loop 1 may not end before loop 0 has handed it rows (its own can end first)
+        deadline = time.monotonic() + 30
+        while loop == 1 and len(moves.read_text().split()) <= before[0] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return leave(self, loop)
 
     def logged_plan(self, loop, running):
         out = plan(self, loop, running)
@@ -521,11 +528,12 @@ def test_rows_moved_between_decoding_loops_keep_their_generations(chaotic, one_t
         if workers == 2:
             monkeypatch.setattr(Claims, "claim", late_claim)
             monkeypatch.setattr(Claims, "plan_move", logged_plan)
+            monkeypatch.setattr(Claims, "leave", late_leave)
         be = HFBackend(model, tok, batch_size=64, engine="fast", workers=workers)
-        res = [
-            be.generate(prompts, seeds=seeds, **kw)
-            for kw in (dict(max_new_tokens=12), dict(n=2, temperature=1.0, max_new_tokens=12))
-        ]
+        res = []
+        for kw in (dict(max_new_tokens=12), dict(n=2, temperature=1.0, max_new_tokens=12)):
+            before[0] = len(moves.read_text().split())
+            res.append(be.generate(prompts, seeds=seeds, **kw))
         runs.append([[[(g.text, g.tokens, g.finish_reason) for g in r] for r in rs] for rs in res])
     moved = [int(n) for n in moves.read_text().split()]
     assert len(moved) >= 2 and min(moved) >= 2  # in both calls, rows really moved
