@@ -77,10 +77,12 @@ def test_a_forked_child_outliving_its_killed_parent_does_not_keep_the_lock(tmp_p
     # directory. Had they kept their copy of the lock's descriptor, one outliving a SIGKILLed
     # evaluation would keep the directory locked against the resume.
     out = tmp_path / "out"
+    # The child prints its pid: fork's after-child hooks (which close the lock there) have run by
+    # then; the parent printing the pid could come first (seen in CI under load).
     script = (
         "import os, sys, time\nfrom mathtune.locks import dir_lock\nwith dir_lock(sys.argv[1]):\n"
-        "    pid = os.fork()\n    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n"
-        "    print(pid, flush=True)\n    time.sleep(120)\n"
+        "    pid = os.fork()\n    if pid == 0:\n        print(os.getpid(), flush=True)\n        time.sleep(120)\n"
+        "        os._exit(0)\n    time.sleep(120)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
