@@ -173,6 +173,7 @@ class _Queue:
 
     def __init__(self, claims: Claims, loop: int = 0):
         self.claims, self.loop, self.rows = claims, loop, []
+        self._index: dict[int, int] | None = None  # id(row) -> its place in `pending`, for `give`
 
     def __bool__(self) -> bool:
         if not self.rows:
@@ -194,13 +195,14 @@ class _Queue:
         if plan is None:
             return
         to, n = plan
-        index = {id(r): i for i, r in enumerate(pending)}
+        if self._index is None:
+            self._index = {id(r): i for i, r in enumerate(pending)}
         for s in sorted(running, reverse=True)[:n]:
             row, p = active[s], int(pos[s])
             gen = row.generator.get_state() if row.generator is not None else None
             # as raw bytes: numpy has no bf16, and a queue pickles arrays as one copy
             cache = [(_raw(k), _raw(v)) for k, v in engine.save_prefix(s, p)]
-            state = (index[id(row)], row.out, row.seconds, gen, int(last[s]), p)
+            state = (self._index[id(row)], row.out, row.seconds, gen, int(last[s]), p)
             self.claims.inboxes[to].put((state, cache))
             active[s] = None
             running.discard(s)
@@ -216,6 +218,7 @@ class _Queue:
         import queue as queue_mod
 
         inbox = self.claims.inboxes[self.loop]
+        dtype, device = engine.keys[0].dtype, engine.device
         while True:
             try:
                 state, cache = inbox.get(timeout=0.5) if wait else inbox.get_nowait()
@@ -228,7 +231,6 @@ class _Queue:
             if gen is not None:
                 row.generator.set_state(gen)
             s = active.index(None)  # there is one: a loop is sent at most as many rows as the sender runs
-            dtype, device = engine.keys[0].dtype, engine.device
             engine.load_prefix([(_unraw(k, dtype, device), _unraw(v, dtype, device)) for k, v in cache], s)
             active[s] = row
             running.add(s)
@@ -476,8 +478,8 @@ def _run(
             row.seconds += share
         for row in done:
             finish(row)
-        if done and isinstance(queue, _Queue):
-            queue.release(len(done))
+        if done and moves is not None:
+            moves.release(len(done))
 
 
 def _compact(engine, active, running: set[int], last, pos, scratch: int) -> None:

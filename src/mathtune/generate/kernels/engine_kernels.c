@@ -154,7 +154,6 @@ static inline __attribute__((always_inline)) void value_pairs(__m512 acc[VG][VC]
 #define HAVE_DPBF16 0
 #endif
 
-
 /* One KV head's group of query heads q [group, hd] (fp32) over len cached positions of K, V
    ([len, hd], fp32 or bf16): o [group, hd] (fp32 or bf16). s: scratch for the scores.
    qb: the same query heads in bf16 when K is bf16 and this CPU has AVX512-BF16 (NULL otherwise):
